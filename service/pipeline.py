@@ -1,0 +1,264 @@
+"""Text in, grounded entities out: the task contract around the engine.
+
+:class:`Extractor` validates the input, renders the prompt with the checkpoint's own chat template
+(:func:`ner.prompts.render_prompt`, the function tuning uses), builds the bounded output schema, runs the
+engine, parses the answer and grounds each mention in the text. The gRPC service, the CLI, the benchmarks
+and tuning's evaluation all go through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ner.card import TaskCard
+from ner.labels import LabelSet
+from ner.parsing import AnswerParseError, Mention, ground, parse_answer
+from ner.prompts import check_chat_template, render_prompt
+from ner.schema import OutputSpec, output_spec
+from ner.scoring import Scorer, ScoreReport
+from ner.types import Entity, Example
+
+from .engine import EngineConfig, GenerationOutput, GenerationRequest, VllmEngine
+
+
+class InputError(ValueError):
+    """The request is invalid (maps to INVALID_ARGUMENT)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_text_chars: int = 4000
+    max_batch_texts: int = 64
+    max_batch_bytes: int = 1 << 20
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    queue_seconds: float = 0.0
+    engine_seconds: float = 0.0
+    total_seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class ExtractionResult:
+    entities: list[Entity]
+    raw: str
+    parsed: bool
+    """Whether the answer parsed as the task's JSON (always true under a schema unless the engine broke)."""
+    hallucinated: list[Mention] = field(default_factory=list)
+    duplicates: int = 0
+    finish_reason: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    new_schema: bool = False
+    """This request introduced an output schema not seen before (its grammar was compiled)."""
+
+
+@dataclass(slots=True)
+class Prepared:
+    request: GenerationRequest
+    spec: OutputSpec | None
+    labels: LabelSet
+
+
+def _check_text(text: str, limits: Limits) -> None:
+    if not isinstance(text, str) or not text.strip():
+        raise InputError("text is empty or whitespace only")
+    if len(text) > limits.max_text_chars:
+        raise InputError(f"text has {len(text)} characters; the limit is {limits.max_text_chars}")
+    if any(unicodedata.category(ch) == "Cs" for ch in text):
+        raise InputError("text contains unpaired surrogate code points")
+
+
+class Extractor:
+    """Entity extraction over one engine and one task card."""
+
+    def __init__(self, engine: VllmEngine, card: TaskCard, *, limits: Limits | None = None, constrained: bool = True):
+        check_chat_template(card, engine.tokenizer)
+        self.engine = engine
+        self.card = card
+        self.limits = limits or Limits()
+        self.constrained = constrained
+        self._schemas_seen: set[str] = set()
+
+    def labels_for(self, labels: Sequence[str] | None) -> LabelSet:
+        if not labels:
+            return self.card.labels
+        try:
+            return self.card.labels.subset(list(dict.fromkeys(labels)))
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+
+    def prepare(self, text: str, labels: Sequence[str] | None = None, max_entities: int | None = None) -> Prepared:
+        _check_text(text, self.limits)
+        if max_entities is not None and max_entities < 1:
+            raise InputError("max_entities must be positive")
+        label_set = self.labels_for(labels)
+        spec = output_spec(label_set, self.card.bounds, text, max_entities,
+                           items_in_schema=self.engine.config.structured_backend != "outlines")
+        prompt = render_prompt(self.engine.tokenizer, self.card, text, label_set)
+        ids = self.engine.tokenizer.encode(prompt, add_special_tokens=False)
+        budget = self.engine.max_model_len - len(ids)
+        if budget < spec.max_tokens:
+            raise InputError(
+                f"text too long for the model context: {len(ids)} prompt tokens + {spec.max_tokens} answer tokens"
+                f" exceed max_model_len {self.engine.max_model_len}"
+            )
+        schema = spec.schema if self.constrained else None
+        return Prepared(GenerationRequest(ids, schema, spec.max_tokens), spec, label_set)
+
+    def finish(self, text: str, prepared: Prepared, out: GenerationOutput, started: float,
+               new_schema: bool = False) -> ExtractionResult:
+        usage = Usage(out.prompt_tokens, out.completion_tokens, out.queue_seconds, out.engine_seconds,
+                      time.perf_counter() - started)
+        try:
+            mentions = parse_answer(out.text, prepared.labels.names)
+        except AnswerParseError:
+            return ExtractionResult([], out.text, False, finish_reason=out.finish_reason, usage=usage,
+                                    new_schema=new_schema)
+        g = ground(text, mentions)
+        return ExtractionResult(g.entities, out.text, True, g.hallucinated, g.duplicates, out.finish_reason, usage,
+                                new_schema)
+
+    async def extract(self, text: str, *, labels: Sequence[str] | None = None, max_entities: int | None = None,
+                      request_id: str | None = None) -> ExtractionResult:
+        started = time.perf_counter()
+        prepared = self.prepare(text, labels, max_entities)
+        new_schema = False
+        if prepared.request.schema is not None and prepared.spec is not None:
+            key = prepared.spec.key
+            new_schema = key not in self._schemas_seen
+            self._schemas_seen.add(key)
+        out = await self.engine.generate(prepared.request, request_id)
+        return self.finish(text, prepared, out, started, new_schema)
+
+    async def extract_many(self, texts: Sequence[str], *, labels: Sequence[str] | None = None,
+                           max_entities: int | None = None,
+                           on_result: Callable[[int, ExtractionResult], None] | None = None) -> list[ExtractionResult]:
+        """Submit all texts at once (vLLM batches them) and return results in input order.
+
+        Every text is validated before anything is submitted, so a bad input fails the call as a whole.
+        """
+        for t in texts:
+            self.prepare(t, labels, max_entities)
+
+        async def one(i: int, t: str) -> ExtractionResult:
+            r = await self.extract(t, labels=labels, max_entities=max_entities)
+            if on_result is not None:
+                on_result(i, r)
+            return r
+
+        tasks = [asyncio.ensure_future(one(i, t)) for i, t in enumerate(texts)]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            raise
+
+    async def warm_up(self) -> None:
+        """One generation per input-length bucket, so common grammars are compiled before traffic."""
+        probe = "Warm-up sentence: Alice Smith visited Paris."
+        lengths = sorted({min(self.card.bounds.max_entity_chars, n) for n in (16, 32, 48, 64)})
+        await asyncio.gather(*(self.extract((probe * 4)[:n]) for n in lengths))
+
+
+@dataclass(slots=True)
+class EvaluationResult:
+    report: ScoreReport
+    latencies: list[float]
+    predictions: list[ExtractionResult]
+
+
+async def evaluate(extractor: Extractor, examples: Sequence[Example], *,
+                   on_progress: Callable[[int, int], None] | None = None) -> EvaluationResult:
+    """Score the extractor on gold examples with the shared scorer (strict span P/R/F1)."""
+    scorer = Scorer(labels=extractor.card.labels.names)
+    done = 0
+
+    def tick(i: int, r: ExtractionResult) -> None:
+        nonlocal done
+        done += 1
+        if on_progress is not None:
+            on_progress(done, len(examples))
+
+    results = await extractor.extract_many([e.text for e in examples], on_result=tick)
+    for ex, r in zip(examples, results, strict=True):
+        scorer.add(ex.entities, r.entities, parsed=r.parsed, hallucinated=[m.label for m in r.hallucinated])
+    return EvaluationResult(scorer.report(), [r.usage.total_seconds for r in results], results)
+
+
+def load_card(model_dir: str | Path, task: str | None = None) -> TaskCard:
+    """The checkpoint's task card, or a preset (``cluener``/``conll2003``) or card file named by ``task``."""
+    if task:
+        p = Path(task)
+        if p.is_file():
+            import json
+
+            try:
+                card = TaskCard.from_dict(json.loads(p.read_text(encoding="utf-8")))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{p}: invalid task card: {exc}") from exc
+        elif p.is_dir():
+            card = TaskCard.load(p)
+        else:
+            card = TaskCard.preset(task)
+        # A preset applied to a checkpoint adopts the checkpoint's own chat template pin, if any.
+        own = Path(model_dir) / "nerve_task.json"
+        if card.chat_template_sha256 is None and own.is_file():
+            from dataclasses import replace
+
+            card = replace(card, chat_template_sha256=TaskCard.load(model_dir).chat_template_sha256)
+        return card
+    return TaskCard.load(model_dir)
+
+
+def run_sync(coro_factory: Callable[[VllmEngine], Any], engine_config: EngineConfig) -> Any:
+    """Start an engine, run ``coro_factory(engine)`` to completion, and shut the engine down."""
+
+    async def main() -> Any:
+        engine = await VllmEngine.start(engine_config)
+        try:
+            return await coro_factory(engine)
+        finally:
+            engine.close()
+
+    return asyncio.run(main())
+
+
+def evaluate_checkpoint(model_dir: str | Path, examples: Sequence[Example], *, card: TaskCard | None = None,
+                        limit: int | None = None, progress: bool = True,
+                        engine_config: EngineConfig | None = None) -> ScoreReport:
+    """Load a checkpoint into vLLM and score it on ``examples`` under constrained greedy decoding."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    card = card or TaskCard.load(model_dir)
+    examples = list(examples)[:limit] if limit else list(examples)
+    cfg = engine_config or EngineConfig(model=str(model_dir))
+    cfg.model = str(model_dir)
+
+    async def body(engine: VllmEngine) -> ScoreReport:
+        extractor = Extractor(engine, card, limits=Limits(max_text_chars=1 << 20))
+        if not progress:
+            return (await evaluate(extractor, examples)).report
+        with Progress(TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TimeRemainingColumn()) as bar:
+            task = bar.add_task("eval", total=len(examples))
+            res = await evaluate(extractor, examples, on_progress=lambda d, t: bar.update(task, completed=d))
+        return res.report
+
+    return run_sync(body, cfg)

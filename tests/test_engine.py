@@ -1,0 +1,165 @@
+"""The vLLM engine seam and the extraction pipeline, on real engines (tiny random and real small models)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ner.card import SchemaBounds, TaskCard
+from service.pipeline import Extractor, InputError, Limits, evaluate
+
+pytestmark = pytest.mark.engine
+
+CLUENER_LIKE = [
+    "彭小军认为，国内银行现在走的是台湾的发卡模式，先通过跑马圈地再在圈的地里面选择客户，",
+    "温格的球队终于又踢了一场经典的比赛，2比1战胜曼联之后枪手仍然留在了夺冠集团之内，",
+    "EU rejects German call to boycott British lamb .",
+    "Peter Blackburn",
+    "浙商银行企业信贷部叶老桂博士则从另一个角度对五道门槛进行了解读。",
+    "BRUSSELS 1996-08-22",
+    "a" * 300,
+    "x",
+]
+
+
+def test_rambling_model_always_parses_under_the_bounded_schema(loop_thread, tiny_engine) -> None:
+    """A random model never stops on its own; the finite schema and its budget still force valid JSON."""
+    card = TaskCard.load(tiny_engine.config.model)
+    ex = Extractor(tiny_engine, card)
+    results = loop_thread.run(ex.extract_many(CLUENER_LIKE))
+    assert len(results) == len(CLUENER_LIKE)
+    for text, r in zip(CLUENER_LIKE, results, strict=True):
+        assert r.parsed, r.raw
+        assert r.finish_reason == "stop"
+        spec = ex.prepare(text).spec
+        assert r.usage.completion_tokens <= spec.max_tokens
+        assert r.usage.prompt_tokens > 0
+        for e in r.entities:
+            assert text[e.start:e.end] == e.text
+            assert e.label in card.labels
+
+
+def test_label_subset_and_max_entities(loop_thread, tiny_engine) -> None:
+    card = TaskCard.load(tiny_engine.config.model)
+    ex = Extractor(tiny_engine, card)
+    text = "温格的球队终于又踢了一场经典的比赛"
+    r = loop_thread.run(ex.extract(text, labels=["name"], max_entities=1))
+    assert r.parsed
+    assert len(r.entities) + len(r.hallucinated) + r.duplicates <= 1
+    assert all(e.label == "name" for e in r.entities)
+    assert all(m.label == "name" for m in r.hallucinated)
+
+
+def test_bad_inputs_are_rejected_before_the_engine(tiny_engine) -> None:
+    card = TaskCard.load(tiny_engine.config.model)
+    ex = Extractor(tiny_engine, card, limits=Limits(max_text_chars=100))
+    for bad, msg in [("", "empty"), ("   \n", "empty"), ("x" * 101, "limit is 100"), ("a\ud800b", "surrogate")]:
+        with pytest.raises(InputError, match=msg):
+            ex.prepare(bad)
+    with pytest.raises(InputError, match="unknown labels"):
+        ex.prepare("hello", labels=["nope"])
+    with pytest.raises(InputError, match="max_entities"):
+        ex.prepare("hello", max_entities=0)
+
+
+def test_context_budget_is_checked(loop_thread, tiny_qwen_dir) -> None:
+    from tests.conftest import start_engine
+
+    engine = start_engine(loop_thread, tiny_qwen_dir, max_model_len=1024)
+    try:
+        ex = Extractor(engine, TaskCard.load(tiny_qwen_dir))
+        with pytest.raises(InputError, match="exceed max_model_len 1024"):
+            ex.prepare("北京" * 40)
+        small = Extractor(engine, TaskCard.load(tiny_qwen_dir).__class__(
+            labels=TaskCard.load(tiny_qwen_dir).labels, bounds=SchemaBounds(max_entities=2, max_entity_chars=16),
+            chat_template_sha256=TaskCard.load(tiny_qwen_dir).chat_template_sha256))
+        r = loop_thread.run(small.extract("北京" * 40))
+        assert r.parsed
+    finally:
+        engine.close()
+
+
+def test_cancellation_aborts_and_frees_the_engine(loop_thread, tiny_engine) -> None:
+    from service.engine import GenerationRequest
+
+    card = TaskCard.load(tiny_engine.config.model)
+    ex = Extractor(tiny_engine, card)
+    ids = ex.prepare("Peter Blackburn").request.prompt_token_ids
+    endless = GenerationRequest(ids, None, 4000)  # unconstrained: runs until cancelled
+
+    async def cancel_one() -> int:
+        task = asyncio.ensure_future(tiny_engine.generate(endless))
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if tiny_engine.num_unfinished:
+                break
+        running = tiny_engine.num_unfinished
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(100):
+            if not tiny_engine.num_unfinished:
+                break
+            await asyncio.sleep(0.05)
+        return running
+
+    assert loop_thread.run(cancel_one()) == 1
+    assert tiny_engine.num_unfinished == 0
+    r = loop_thread.run(ex.extract("Peter Blackburn"))
+    assert r.parsed
+
+
+def test_chat_template_mismatch_is_refused(tiny_engine) -> None:
+    from dataclasses import replace
+
+    card = replace(TaskCard.load(tiny_engine.config.model), chat_template_sha256="0" * 64)
+    with pytest.raises(ValueError, match="chat template"):
+        Extractor(tiny_engine, card)
+
+
+@pytest.mark.parametrize("backend", ["guidance", "outlines"])
+def test_other_structured_backends_parse(loop_thread, tiny_qwen_dir, backend: str) -> None:
+    from tests.conftest import start_engine
+
+    engine = start_engine(loop_thread, tiny_qwen_dir, structured_backend=backend)
+    try:
+        ex = Extractor(engine, TaskCard.load(tiny_qwen_dir))
+        results = loop_thread.run(ex.extract_many(CLUENER_LIKE[:4]))
+        if backend == "outlines":  # the list bound is not in outlines' schema (see ner.schema.output_spec)
+            assert all(r.parsed or r.finish_reason == "length" for r in results)
+        else:
+            assert all(r.parsed for r in results), [r.raw for r in results if not r.parsed]
+    finally:
+        engine.close()
+
+
+def test_engine_reports_missing_checkpoint(loop_thread, tmp_path) -> None:
+    from service.engine import EngineConfig, EngineError, VllmEngine
+
+    with pytest.raises(EngineError, match="not a checkpoint folder"):
+        loop_thread.run(VllmEngine.start(EngineConfig(model=str(tmp_path))))
+    with pytest.raises(ValueError, match="structured_backend"):
+        EngineConfig(model="x", structured_backend="regex")
+
+
+@pytest.mark.real_model
+def test_real_model_on_both_datasets(loop_thread, qwen_dir, datasets_dir) -> None:
+    """Qwen2.5-Coder-0.5B zero-shot through vLLM on a few real sentences of each dataset."""
+    from ner.readers import read_dataset
+    from tests.conftest import start_engine
+
+    engine = start_engine(loop_thread, qwen_dir)
+    try:
+        for preset, path in [("cluener", datasets_dir / "cluener" / "dev.jsonl"),
+                             ("conll2003", datasets_dir / "conll2003" / "eng.testb")]:
+            examples = read_dataset(path)[:6]
+            card = TaskCard.preset(preset, chat_template_sha256=TaskCard.load(qwen_dir).chat_template_sha256)
+            res = loop_thread.run(evaluate(Extractor(engine, card), examples))
+            assert res.report.parse_rate == 1.0
+            assert res.report.examples == 6
+            assert res.report.micro.tp > 0, res.report.to_markdown()
+            for ex, r in zip(examples, res.predictions, strict=True):
+                assert all(ex.text[e.start:e.end] == e.text for e in r.entities)
+    finally:
+        engine.close()
