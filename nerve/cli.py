@@ -190,6 +190,36 @@ def evaluate_cmd(
 
 
 @app.command()
+def serve(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings (see service/config.py).")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Registry name or checkpoint folder.")] = None,
+    task: TaskOpt = None,
+    host: Annotated[str | None, typer.Option(help="gRPC listen address.")] = None,
+    port: Annotated[int | None, typer.Option(help="gRPC port (default 50051).")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Prometheus port (default 9400; 0 disables).")] = None,
+    backend: Annotated[str | None, typer.Option("--backend", help="Structured-output backend.")] = None,
+    max_model_len: Annotated[int | None, typer.Option("--max-model-len", help="Engine context length.")] = None,
+) -> None:
+    """Run the gRPC service (health, reflection, Prometheus metrics, graceful drain on SIGTERM)."""
+    import asyncio
+    import logging
+
+    from service.config import load_config
+    from service.server import serve as run_server
+
+    overrides = {"model": model, "task": task, "host": host, "port": port, "metrics_port": metrics_port}
+    engine = {k: v for k, v in {"structured_backend": backend, "max_model_len": max_model_len}.items() if v is not None}
+    if engine:
+        overrides["engine"] = engine
+    try:
+        cfg = load_config(config, overrides)
+    except ValueError as exc:
+        fail(str(exc))
+    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    raise typer.Exit(asyncio.run(run_server(cfg)))
+
+
+@app.command()
 def demo(
     model: ModelOpt = "qwen2.5-coder-0.5b-instruct",
     backend: BackendOpt = "xgrammar",

@@ -176,7 +176,8 @@ class VllmEngine:
             ):
                 final = out
         except asyncio.CancelledError:
-            await self._llm.abort(rid)
+            if self._llm is not None:  # closed engines have nothing left to abort
+                await self._llm.abort(rid)
             raise
         if final is None or not final.outputs:
             raise EngineError("the engine returned no output")

@@ -82,6 +82,12 @@ class Extractor:
 
     def __init__(self, engine: VllmEngine, card: TaskCard, *, limits: Limits | None = None, constrained: bool = True):
         check_chat_template(card, engine.tokenizer)
+        worst = output_spec(card.labels, card.bounds).max_tokens
+        if worst + 256 > engine.max_model_len:
+            raise ValueError(
+                f"max_model_len {engine.max_model_len} is too small for the task card's bounds: the longest answer"
+                f" ({card.bounds.max_entities} entities of {card.bounds.max_entity_chars} characters) needs {worst}"
+                " tokens plus the prompt; raise max_model_len or lower the bounds")
         self.engine = engine
         self.card = card
         self.limits = limits or Limits()

@@ -64,16 +64,18 @@ def test_bad_inputs_are_rejected_before_the_engine(tiny_engine) -> None:
 
 
 def test_context_budget_is_checked(loop_thread, tiny_qwen_dir) -> None:
+    from dataclasses import replace
+
     from tests.conftest import start_engine
 
     engine = start_engine(loop_thread, tiny_qwen_dir, max_model_len=1024)
     try:
-        ex = Extractor(engine, TaskCard.load(tiny_qwen_dir))
+        card = TaskCard.load(tiny_qwen_dir)
+        with pytest.raises(ValueError, match="too small for the task card's bounds"):
+            Extractor(engine, card)  # 24 entities of 64 characters cannot fit in 1024 tokens
+        small = Extractor(engine, replace(card, bounds=SchemaBounds(max_entities=2, max_entity_chars=16)))
         with pytest.raises(InputError, match="exceed max_model_len 1024"):
-            ex.prepare("北京" * 40)
-        small = Extractor(engine, TaskCard.load(tiny_qwen_dir).__class__(
-            labels=TaskCard.load(tiny_qwen_dir).labels, bounds=SchemaBounds(max_entities=2, max_entity_chars=16),
-            chat_template_sha256=TaskCard.load(tiny_qwen_dir).chat_template_sha256))
+            small.prepare("北京 " * 600)
         r = loop_thread.run(small.extract("北京" * 40))
         assert r.parsed
     finally:

@@ -1,0 +1,141 @@
+"""Typed server configuration: defaults < YAML file < ``NERVE_*`` environment < command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .engine import EngineConfig
+
+
+@dataclass
+class ServeConfig:
+    """Settings of ``nerve serve``. Every field can be set in YAML, as ``NERVE_<FIELD>`` or as a flag."""
+
+    model: str = field(default="qwen2.5-coder-0.5b-instruct", metadata={
+        "help": "Registry model name (pulled if missing) or checkpoint folder."})
+    task: str | None = field(default=None, metadata={
+        "help": "Task card: preset (cluener, conll2003) or card file; default: the checkpoint's nerve_task.json."})
+    host: str = field(default="127.0.0.1", metadata={"help": "gRPC listen address (0.0.0.0 in containers)."})
+    port: int = field(default=50051, metadata={"help": "gRPC port."})
+    metrics_port: int = field(default=9400, metadata={"help": "Prometheus /metrics port; 0 disables."})
+    metrics_host: str | None = field(default=None, metadata={"help": "Metrics listen address; default: host."})
+    max_queue: int = field(default=256, metadata={
+        "help": "Most texts admitted at once (in the engine or waiting); beyond it calls get RESOURCE_EXHAUSTED."})
+    max_text_chars: int = field(default=4000, metadata={"help": "Longest text accepted, in characters."})
+    max_batch_texts: int = field(default=64, metadata={"help": "Most texts in one ExtractBatch call."})
+    max_batch_bytes: int = field(default=1 << 20, metadata={"help": "Most UTF-8 bytes of text in one ExtractBatch call."})
+    max_message_bytes: int = field(default=8 << 20, metadata={"help": "gRPC max send/receive message size."})
+    max_eval_examples: int = field(default=20000, metadata={"help": "Most examples one Evaluate call may score."})
+    eval_dataset_roots: list[str] = field(default_factory=list, metadata={
+        "help": "Folders whose datasets Evaluate may read by path (none: only streamed examples)."})
+    drain_seconds: float = field(default=30.0, metadata={
+        "help": "On SIGTERM: health goes NOT_SERVING, new calls are refused, in-flight calls get this long to finish."})
+    tls_cert: str | None = field(default=None, metadata={"help": "PEM certificate chain file; enables TLS with tls_key."})
+    tls_key: str | None = field(default=None, metadata={"help": "PEM private key file."})
+    auth_token: str | None = field(default=None, metadata={
+        "help": "Require 'authorization: Bearer <token>' on nerve calls (health stays open). Prefer NERVE_AUTH_TOKEN."})
+    warmup: bool = field(default=True, metadata={"help": "Run warm-up generations before reporting SERVING."})
+    log_level: str = field(default="INFO", metadata={"help": "Log level."})
+    log_texts: bool = field(default=False, metadata={"help": "Log request texts (user data) at INFO."})
+    engine: EngineConfig = field(default_factory=EngineConfig, metadata={"help": "vLLM engine settings."})
+
+    def validate(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key must be given together")
+        for name in ("max_queue", "max_text_chars", "max_batch_texts", "max_batch_bytes", "max_message_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive")
+        if not 0 < self.port < 65536 or not 0 <= self.metrics_port < 65536:
+            raise ValueError("ports must be in 1..65535 (metrics_port 0 disables metrics)")
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if value is None:
+        return None
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{where}: expected a boolean, got {value!r}")
+    if tp in (int, float, str):
+        try:
+            return tp(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+    if origin is list:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        return [_convert(args[0], v, where) for v in value]
+    return value
+
+
+def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        key = key.replace("-", "_")
+        if key not in names:
+            raise ValueError(f"{where}: unknown setting {key!r}; known: {', '.join(sorted(names))}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}: {key} must be a mapping")
+            _apply(current, value, f"{where}.{key}")
+        else:
+            setattr(obj, key, _convert(hints[key], value, f"{where}.{key}"))
+
+
+def _from_env(environ: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    engine_fields = {f.name for f in dataclasses.fields(EngineConfig)}
+    for f in dataclasses.fields(ServeConfig):
+        if f.name == "engine":
+            for ef in engine_fields:
+                v = environ.get(f"NERVE_ENGINE_{ef.upper()}")
+                if v is not None:
+                    out.setdefault("engine", {})[ef] = v
+        else:
+            v = environ.get(f"NERVE_{f.name.upper()}")
+            if v is not None:
+                out[f.name] = v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                environ: dict[str, str] | None = None) -> ServeConfig:
+    """Build a :class:`ServeConfig` from defaults, a YAML file, the environment and explicit overrides."""
+    import yaml
+
+    cfg = ServeConfig()
+    if path is not None:
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise ValueError(f"{p}: config file not found") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark is not None else ""
+            raise ValueError(f"{p}{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{p}: expected a mapping of settings")
+        _apply(cfg, data, str(p))
+    _apply(cfg, _from_env(dict(os.environ) if environ is None else environ), "environment")
+    if overrides:
+        _apply(cfg, {k: v for k, v in overrides.items() if v is not None}, "flags")
+    cfg.engine.__post_init__()
+    cfg.validate()
+    return cfg

@@ -1,0 +1,157 @@
+"""Exceptions of the service and the one place that maps them to gRPC status codes."""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+
+from ner.readers import DatasetFormatError
+
+from .engine import EngineError
+from .pipeline import InputError
+
+log = logging.getLogger("nerve.service")
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+class ServiceError(Exception):
+    code = grpc.StatusCode.INTERNAL
+
+
+class Overloaded(ServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class NotReady(ServiceError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExpired(ServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Forbidden(ServiceError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class NotFound(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class FailedPrecondition(ServiceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and client-facing message for an exception. Bugs get a generic message."""
+    if isinstance(exc, ServiceError):
+        return exc.code, str(exc)
+    if isinstance(exc, InputError | DatasetFormatError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, EngineError):
+        return grpc.StatusCode.INTERNAL, f"the engine failed (request id {REQUEST_ID.get()})"
+    return grpc.StatusCode.INTERNAL, f"internal error (request id {REQUEST_ID.get()})"
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and value:
+            return str(value)[:128]
+    return uuid.uuid4().hex
+
+
+class RpcRecorder:
+    """Per-call bookkeeping: request id, status code, metrics and the one log line."""
+
+    def __init__(self, method: str, context: grpc.aio.ServicerContext, metrics: Any):
+        self.method = method
+        self.context = context
+        self.metrics = metrics
+        self.rid = _request_id(context)
+        self.token = REQUEST_ID.set(self.rid)
+        self.start = time.perf_counter()
+        self.code = grpc.StatusCode.OK
+        self.fields: dict[str, Any] = {}
+        context.set_trailing_metadata((("x-request-id", self.rid),))
+
+    async def fail(self, exc: BaseException) -> None:
+        self.code, message = status_for(exc)
+        if self.code == grpc.StatusCode.INTERNAL:
+            log.exception("%s request_id=%s failed", self.method, self.rid, exc_info=exc)
+        await self.context.abort(self.code, message)
+
+    def cancelled(self) -> None:
+        remaining = self.context.time_remaining()
+        expired = remaining is not None and remaining <= 0
+        self.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+
+    def close(self) -> None:
+        elapsed = time.perf_counter() - self.start
+        self.metrics.requests.labels(self.method, self.code.name).inc()
+        self.metrics.request_seconds.labels(self.method).observe(elapsed)
+        extra = " ".join(f"{k}={v}" for k, v in self.fields.items())
+        log.info("rpc=%s request_id=%s code=%s seconds=%.3f %s", self.method, self.rid, self.code.name, elapsed, extra)
+        REQUEST_ID.reset(self.token)
+
+
+def unary(method: str) -> Callable:
+    """Wrap a unary servicer method with request ids, status mapping, metrics and logging."""
+
+    def deco(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            rec = RpcRecorder(method, context, self.metrics)
+            try:
+                return await fn(self, request, context, rec)
+            except grpc.aio.AbortError:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - mapped to a status; CancelledError re-raised
+                if _is_cancel(exc):
+                    rec.cancelled()
+                    raise
+                await rec.fail(exc)
+            finally:
+                rec.close()
+
+        return wrapper
+
+    return deco
+
+
+def streaming(method: str) -> Callable:
+    """The same for a server-streaming (async generator) servicer method."""
+
+    def deco(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            rec = RpcRecorder(method, context, self.metrics)
+            try:
+                async for item in fn(self, request, context, rec):
+                    yield item
+            except grpc.aio.AbortError:
+                raise
+            except BaseException as exc:  # noqa: BLE001
+                if _is_cancel(exc):
+                    rec.cancelled()
+                    raise
+                await rec.fail(exc)
+            finally:
+                rec.close()
+
+        return wrapper
+
+    return deco
+
+
+def _is_cancel(exc: BaseException) -> bool:
+    import asyncio
+
+    return isinstance(exc, asyncio.CancelledError | GeneratorExit)

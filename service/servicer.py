@@ -1,0 +1,343 @@
+"""The gRPC servicer: translates between protobuf and the extraction pipeline, nothing more."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from nerve_client._proto.nerve.v1 import service_pb2 as spb
+from nerve_client._proto.nerve.v1 import service_pb2_grpc
+from nerve_client._proto.nerve.v1 import types_pb2 as tpb
+
+from ner.readers import read_dataset
+from ner.schema import output_spec
+from ner.scoring import LabelScore, Scorer
+from ner.types import Entity, Example
+
+from .config import ServeConfig
+from .errors import DeadlineExpired, FailedPrecondition, Forbidden, NotFound, NotReady, Overloaded, RpcRecorder, streaming, unary
+from .metrics import Metrics
+from .pipeline import ExtractionResult, Extractor, InputError
+
+_FORMATS = {
+    spb.DATASET_FORMAT_UNSPECIFIED: "auto",
+    spb.DATASET_FORMAT_JSONL: "jsonl",
+    spb.DATASET_FORMAT_CLUENER: "cluener",
+    spb.DATASET_FORMAT_CONLL: "conll",
+    spb.DATASET_FORMAT_BMES: "bmes",
+}
+
+
+@dataclass
+class ServerState:
+    """What the servicer needs to know about the server's life cycle."""
+
+    extractor: Extractor | None = None
+    draining: bool = False
+    model_name: str = ""
+    model_path: str = ""
+    inflight: int = 0
+    calls: set[asyncio.Task] = field(default_factory=set)
+
+    @property
+    def ready(self) -> bool:
+        return self.extractor is not None and not self.draining
+
+
+class NerveServicer(service_pb2_grpc.NerveServiceServicer):
+    def __init__(self, cfg: ServeConfig, state: ServerState, metrics: Metrics):
+        self.cfg = cfg
+        self.state = state
+        self.metrics = metrics
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+
+    def _extractor(self) -> Extractor:
+        if self.state.draining:
+            raise NotReady("the server is draining; retry on another replica")
+        if self.state.extractor is None:
+            raise NotReady("the model is still loading")
+        return self.state.extractor
+
+    @contextmanager
+    def _admit(self, n: int, *, force: bool = False) -> Iterator[None]:
+        if not force and self.state.inflight + n > self.cfg.max_queue:
+            self.metrics.rejected.inc(n)
+            raise Overloaded(f"queue full ({self.state.inflight} texts in flight, limit {self.cfg.max_queue}); retry later")
+        self._set_inflight(self.state.inflight + n)
+        try:
+            yield
+        finally:
+            self._set_inflight(self.state.inflight - n)
+
+    def _set_inflight(self, value: int) -> None:
+        self.state.inflight = value
+        self.metrics.inflight.set(value)
+        capacity = self.cfg.engine.max_num_seqs
+        self.metrics.queued.set(max(0, value - capacity))
+
+    @staticmethod
+    def _check_deadline(context: grpc.aio.ServicerContext) -> None:
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExpired("the deadline expired before the request reached the engine")
+
+    def _record(self, r: ExtractionResult) -> None:
+        m = self.metrics
+        m.prompt_tokens.inc(r.usage.prompt_tokens)
+        m.completion_tokens.inc(r.usage.completion_tokens)
+        m.queue_seconds.observe(r.usage.queue_seconds)
+        m.engine_seconds.observe(r.usage.engine_seconds)
+        m.entities.inc(len(r.entities))
+        m.hallucinated.inc(len(r.hallucinated))
+        if not r.parsed:
+            m.parse_failures.inc()
+        if r.new_schema:
+            m.grammar_schemas.labels("new").inc()
+            m.grammar_first_use_seconds.observe(r.usage.queue_seconds + r.usage.engine_seconds)
+        else:
+            m.grammar_schemas.labels("reused").inc()
+
+    @staticmethod
+    def _result_pb(r: ExtractionResult, return_raw: bool) -> tpb.ExtractResult:
+        u = r.usage
+        return tpb.ExtractResult(
+            entities=[tpb.Entity(label=e.label, text=e.text, start=e.start, end=e.end) for e in r.entities],
+            usage=tpb.Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
+                            queue_seconds=u.queue_seconds, engine_seconds=u.engine_seconds,
+                            total_seconds=u.total_seconds),
+            raw=r.raw if return_raw else "",
+            hallucinated=len(r.hallucinated),
+        )
+
+    @staticmethod
+    def _max_entities(value: int) -> int | None:
+        if value < 0:
+            raise InputError("max_entities must not be negative")
+        return value or None
+
+    # -- RPCs ------------------------------------------------------------------------------------------------
+
+    @unary("Extract")
+    async def Extract(self, request: spb.ExtractRequest, context: grpc.aio.ServicerContext,  # noqa: N802
+                      rec: RpcRecorder) -> spb.ExtractResponse:
+        ex = self._extractor()
+        max_entities = self._max_entities(request.max_entities)
+        ex.prepare(request.text, request.labels or None, max_entities)  # validate before queueing
+        self._check_deadline(context)
+        with self._admit(1):
+            self.metrics.batch_texts.labels("Extract").observe(1)
+            r = await ex.extract(request.text, labels=request.labels or None, max_entities=max_entities,
+                                 request_id=rec.rid)
+        self._record(r)
+        rec.fields.update(chars=len(request.text), entities=len(r.entities), tokens=r.usage.completion_tokens)
+        res = self._result_pb(r, request.return_raw)
+        return spb.ExtractResponse(entities=res.entities, usage=res.usage, raw=res.raw, hallucinated=res.hallucinated)
+
+    @unary("ExtractBatch")
+    async def ExtractBatch(self, request: spb.ExtractBatchRequest, context: grpc.aio.ServicerContext,  # noqa: N802
+                           rec: RpcRecorder) -> spb.ExtractBatchResponse:
+        ex = self._extractor()
+        texts = list(request.texts)
+        if not texts:
+            raise InputError("texts is empty")
+        if len(texts) > self.cfg.max_batch_texts:
+            raise InputError(f"{len(texts)} texts; the limit is {self.cfg.max_batch_texts} per call")
+        size = sum(len(t.encode("utf-8")) for t in texts)
+        if size > self.cfg.max_batch_bytes:
+            raise InputError(f"{size} bytes of text; the limit is {self.cfg.max_batch_bytes} per call")
+        max_entities = self._max_entities(request.max_entities)
+        for i, t in enumerate(texts):
+            try:
+                ex.prepare(t, request.labels or None, max_entities)
+            except InputError as exc:
+                raise InputError(f"texts[{i}]: {exc}") from None
+        self._check_deadline(context)
+        with self._admit(len(texts)):
+            self.metrics.batch_texts.labels("ExtractBatch").observe(len(texts))
+            results = await ex.extract_many(texts, labels=request.labels or None, max_entities=max_entities)
+        for r in results:
+            self._record(r)
+        rec.fields.update(texts=len(texts), entities=sum(len(r.entities) for r in results))
+        return spb.ExtractBatchResponse(results=[self._result_pb(r, request.return_raw) for r in results])
+
+    @unary("GetModelInfo")
+    async def GetModelInfo(self, request: spb.GetModelInfoRequest, context: grpc.aio.ServicerContext,  # noqa: N802
+                           rec: RpcRecorder) -> spb.GetModelInfoResponse:
+        ex = self._extractor()
+        card, eng = ex.card, ex.engine
+        schema = output_spec(card.labels, card.bounds).schema
+        from nerve import __version__
+
+        return spb.GetModelInfoResponse(model_info=tpb.ModelInfo(
+            model_name=self.state.model_name,
+            revision=self.state.model_path,
+            engine=eng.version,
+            structured_output_backend=eng.config.structured_backend,
+            task_card=tpb.TaskCard(
+                name=card.name, language=card.language, template_id=card.template,
+                labels=[tpb.Label(name=lab.name, description=lab.description) for lab in card.labels],
+                output_schema_json=json.dumps(schema, ensure_ascii=False),
+                bounds=tpb.SchemaBounds(max_entities=card.bounds.max_entities,
+                                        max_entity_chars=card.bounds.max_entity_chars),
+                base_model=card.base_model or "", chat_template_sha256=card.chat_template_sha256 or ""),
+            limits=tpb.Limits(max_text_chars=self.cfg.max_text_chars, max_batch_texts=self.cfg.max_batch_texts,
+                              max_batch_bytes=self.cfg.max_batch_bytes, max_message_bytes=self.cfg.max_message_bytes,
+                              max_evaluate_examples=self.cfg.max_eval_examples),
+            server_version=__version__,
+        ))
+
+    @streaming("Evaluate")
+    async def Evaluate(self, request_iterator: AsyncIterator[spb.EvaluateRequest],  # noqa: N802
+                       context: grpc.aio.ServicerContext, rec: RpcRecorder) -> AsyncIterator[spb.EvaluateResponse]:
+        ex = self._extractor()
+        config, examples = await self._read_evaluation(request_iterator, ex)
+        labels = list(config.labels) or None
+        label_names = ex.labels_for(labels).names
+        for i, example in enumerate(examples):
+            ex.prepare(example.text, labels)  # every text valid before any is generated
+            unknown = {e.label for e in example.entities} - set(label_names)
+            if unknown:
+                raise InputError(f"example {i}: gold labels {sorted(unknown)} are not among {label_names}")
+        rec.fields.update(examples=len(examples))
+        total = len(examples)
+        yield spb.EvaluateResponse(progress=spb.EvaluateProgress(done=0, total=total, elapsed_seconds=0.0))
+
+        started = time.perf_counter()
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        window = asyncio.Semaphore(max(1, min(self.cfg.engine.max_num_seqs, self.cfg.max_queue // 2)))
+        max_entities = self._max_entities(config.max_entities)
+
+        async def one(i: int, example: Example) -> ExtractionResult:
+            async with window:
+                with self._admit(1, force=True):
+                    r = await ex.extract(example.text, labels=labels, max_entities=max_entities, request_id=rec.rid)
+            self._record(r)
+            queue.put_nowait(i)
+            return r
+
+        tasks = [asyncio.ensure_future(one(i, e)) for i, e in enumerate(examples)]
+        gathered = asyncio.gather(*tasks)
+        try:
+            done, last = 0, time.perf_counter()
+            step = max(1, total // 50)
+            while done < total:
+                getter = asyncio.ensure_future(queue.get())
+                await asyncio.wait({getter, gathered}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    gathered.result()  # raises the failure of a task
+                    continue
+                done += 1
+                now = time.perf_counter()
+                if done == total or done % step == 0 or now - last > 1.0:
+                    last = now
+                    yield spb.EvaluateResponse(progress=spb.EvaluateProgress(
+                        done=done, total=total, elapsed_seconds=now - started))
+            results = await gathered
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            raise
+        yield spb.EvaluateResponse(report=self._report(examples, results, label_names, config.include_errors,
+                                                       time.perf_counter() - started))
+
+    async def _read_evaluation(self, request_iterator: AsyncIterator[spb.EvaluateRequest],
+                               ex: Extractor) -> tuple[spb.EvaluateConfig, list[Example]]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("kind") != "config":
+            raise InputError("the first Evaluate message must carry the config")
+        config = first.config
+        if config.limit < 0:
+            raise InputError("limit must not be negative")
+        cap = min(config.limit or self.cfg.max_eval_examples, self.cfg.max_eval_examples)
+        examples: list[Example] = []
+        if config.WhichOneof("source") == "dataset":
+            path = self._allowed_path(config.dataset.path)
+            opts: dict[str, Any] = {}
+            if config.dataset.scheme:
+                opts["scheme"] = config.dataset.scheme
+            try:
+                examples = await asyncio.to_thread(read_dataset, path, _FORMATS.get(config.dataset.format, "auto"),
+                                                   **opts)
+            except ValueError as exc:  # the server-side file is malformed, not the request
+                raise FailedPrecondition(str(exc)) from None
+            if await anext(aiter(request_iterator), None) is not None:
+                raise InputError("a dataset evaluation takes no streamed examples")
+            if not config.limit and len(examples) > cap:
+                raise InputError(f"the dataset has {len(examples)} examples; the limit is {cap} (pass limit)")
+            return config, examples[:cap]
+        index = 0
+        async for msg in request_iterator:
+            index += 1
+            if msg.WhichOneof("kind") != "example":
+                raise InputError(f"message {index}: only examples may follow the config")
+            if len(examples) >= cap:
+                if config.limit:
+                    continue  # read and ignore the rest of the stream
+                raise InputError(f"more than {cap} examples; the limit is {self.cfg.max_eval_examples}")
+            e = msg.example
+            try:
+                examples.append(Example(text=e.text, id=e.id or None, entities=[
+                    Entity(start=g.start, end=g.end, label=g.label, text=g.text) for g in e.entities]))
+            except ValueError as exc:
+                raise InputError(f"example {index - 1}: {exc}") from None
+        if not examples:
+            raise InputError("no examples to evaluate")
+        return config, examples
+
+    def _allowed_path(self, raw: str) -> Path:
+        if not raw:
+            raise InputError("dataset.path is empty")
+        if not self.cfg.eval_dataset_roots:
+            raise Forbidden("this server reads no datasets by path; stream the examples instead")
+        path = Path(raw).resolve()
+        roots = [Path(r).resolve() for r in self.cfg.eval_dataset_roots]
+        if not any(path.is_relative_to(r) for r in roots):
+            raise Forbidden("dataset path is outside the folders this server may read")
+        if not path.is_file():
+            raise NotFound(f"no dataset at {raw}")
+        return path
+
+    @staticmethod
+    def _report(examples: list[Example], results: list[ExtractionResult], labels: list[str], include_errors: bool,
+                elapsed: float) -> tpb.ScoreReport:
+        from nerve.reports import percentiles
+
+        scorer = Scorer(labels=labels)
+        errors = []
+        for i, (gold, r) in enumerate(zip(examples, results, strict=True)):
+            scorer.add(gold.entities, r.entities, parsed=r.parsed, hallucinated=[m.label for m in r.hallucinated])
+            if include_errors:
+                g, p = set(gold.entities), set(r.entities)
+                if g != p or r.hallucinated or not r.parsed:
+                    errors.append(tpb.ExampleError(
+                        index=i, id=gold.id or "", parsed=r.parsed, hallucinated=len(r.hallucinated),
+                        missing=[tpb.Entity(label=e.label, text=e.text, start=e.start, end=e.end) for e in sorted(g - p)],
+                        spurious=[tpb.Entity(label=e.label, text=e.text, start=e.start, end=e.end) for e in sorted(p - g)]))
+        rep = scorer.report()
+        lat = [r.usage.total_seconds for r in results]
+        pct = percentiles(lat, (50, 90, 99))
+
+        def ls(name: str, s: LabelScore) -> tpb.LabelScore:
+            return tpb.LabelScore(label=name, precision=s.precision, recall=s.recall, f1=s.f1, support=s.support,
+                                  tp=s.tp, fp=s.fp, fn=s.fn)
+
+        return tpb.ScoreReport(
+            labels=[ls(n, s) for n, s in rep.labels.items()], micro=ls("micro", rep.micro), macro=ls("macro", rep.macro),
+            exact_match=rep.exact_match, parse_rate=rep.parse_rate, hallucination_rate=rep.hallucination_rate,
+            examples=rep.examples,
+            latency=tpb.LatencySummary(p50_seconds=pct["p50"], p90_seconds=pct["p90"], p99_seconds=pct["p99"],
+                                       mean_seconds=sum(lat) / len(lat) if lat else 0.0),
+            errors=errors, gold=rep.gold, predicted=rep.predicted, hallucinated=rep.hallucinated,
+            unknown_labels=list(rep.unknown_labels), elapsed_seconds=elapsed,
+            prompt_tokens=sum(r.usage.prompt_tokens for r in results),
+            completion_tokens=sum(r.usage.completion_tokens for r in results),
+        )

@@ -1,0 +1,325 @@
+"""The gRPC service on a real loopback port, backed by a real vLLM engine (tiny random model)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from nerve_client._proto.nerve.v1 import service_pb2 as spb
+from nerve_client._proto.nerve.v1 import service_pb2_grpc
+from nerve_client._proto.nerve.v1 import types_pb2 as tpb
+from prometheus_client import generate_latest
+
+from ner.card import TaskCard
+from service.config import ServeConfig
+from service.engine import EngineConfig
+from service.pipeline import Extractor, Limits
+from service.server import SERVICE_NAME, NerveServer
+
+pytestmark = pytest.mark.engine
+
+
+class Running:
+    """A server in the test loop thread plus a client channel to it."""
+
+    def __init__(self, loop_thread, server: NerveServer):
+        self.loop_thread = loop_thread
+        self.server = server
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        self.stub = service_pb2_grpc.NerveServiceStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    def status(self, service: str = "") -> int:
+        return self.health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+
+    def make_ready(self, extractor: Extractor) -> None:
+        async def ready() -> None:
+            self.server.state.extractor = extractor
+            await self.server._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+        self.loop_thread.run(ready())
+
+    def stop(self) -> None:
+        self.channel.close()
+        self.loop_thread.run(self.server.drain(0))
+
+
+@pytest.fixture
+def start_server(loop_thread, tiny_engine):
+    """Factory: a server with the given settings over the shared tiny engine (no model load)."""
+    running: list[Running] = []
+
+    def start(ready: bool = True, constrained: bool = True, **settings) -> Running:
+        engine_cfg = replace(tiny_engine.config)
+        cfg = ServeConfig(model=tiny_engine.config.model, port=0, metrics_port=0, engine=engine_cfg, **settings)
+        server = NerveServer(cfg)
+        loop_thread.run(server.start(load=False))
+        r = Running(loop_thread, server)
+        if ready:
+            card = TaskCard.load(tiny_engine.config.model)
+            r.make_ready(Extractor(tiny_engine, card, constrained=constrained,
+                                   limits=Limits(max_text_chars=cfg.max_text_chars)))
+        running.append(r)
+        return r
+
+    yield start
+    for r in running:
+        r.stop()
+
+
+def code_of(call, *args, **kwargs) -> grpc.StatusCode:
+    try:
+        call(*args, **kwargs)
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+def test_extract_and_usage_and_request_id(start_server) -> None:
+    r = start_server()
+    text = "温格的球队终于又踢了一场经典的比赛，2比1战胜曼联之后"
+    resp, call = r.stub.Extract.with_call(spb.ExtractRequest(text=text, return_raw=True),
+                                          metadata=(("x-request-id", "req-42"),), timeout=60)
+    assert ("x-request-id", "req-42") in call.trailing_metadata()
+    json.loads(resp.raw)  # the raw answer is valid JSON
+    for e in resp.entities:
+        assert text[e.start:e.end] == e.text
+    assert resp.usage.prompt_tokens > 0 and resp.usage.total_seconds > 0
+    _, call = r.stub.Extract.with_call(spb.ExtractRequest(text="Peter"), timeout=60)
+    generated = dict(call.trailing_metadata())["x-request-id"]
+    assert len(generated) == 32
+
+
+def test_extract_batch_keeps_input_order(start_server) -> None:
+    r = start_server()
+    texts = ["Peter Blackburn", "彭小军认为，国内银行现在走的是台湾的发卡模式", "x", "EU rejects German call ."]
+    resp = r.stub.ExtractBatch(spb.ExtractBatchRequest(texts=texts), timeout=60)
+    assert len(resp.results) == len(texts)
+    for text, res in zip(texts, resp.results, strict=True):
+        for e in res.entities:
+            assert text[e.start:e.end] == e.text
+
+
+def test_get_model_info(start_server) -> None:
+    r = start_server(max_batch_texts=7)
+    info = r.stub.GetModelInfo(spb.GetModelInfoRequest(), timeout=10).model_info
+    assert info.engine.startswith("vllm")
+    assert info.structured_output_backend == "xgrammar"
+    assert [lab.name for lab in info.task_card.labels][:2] == ["address", "book"]
+    assert json.loads(info.task_card.output_schema_json)["properties"]["entities"]["type"] == "array"
+    assert info.limits.max_batch_texts == 7
+    assert len(info.task_card.chat_template_sha256) == 64
+
+
+def test_evaluate_streams_progress_then_report(start_server) -> None:
+    r = start_server()
+    text = "Alice met Bob in Rome"
+    examples = [tpb.Example(text=text, entities=[tpb.Entity(label="name", text="Alice", start=0, end=5)]),
+                tpb.Example(text="彭小军认为", entities=[tpb.Entity(label="name", text="彭小军", start=0, end=3)]),
+                tpb.Example(text="nothing here")]
+    reqs = [spb.EvaluateRequest(config=spb.EvaluateConfig(inline_examples=spb.InlineSource(), include_errors=True))]
+    reqs += [spb.EvaluateRequest(example=e) for e in examples]
+    responses = list(r.stub.Evaluate(iter(reqs), timeout=120))
+    progress = [m.progress for m in responses if m.WhichOneof("kind") == "progress"]
+    reports = [m.report for m in responses if m.WhichOneof("kind") == "report"]
+    assert len(reports) == 1 and responses[-1].WhichOneof("kind") == "report"
+    assert progress[0].done == 0 and progress[-1].done == 3 and progress[-1].total == 3
+    rep = reports[0]
+    assert rep.examples == 3 and rep.parse_rate == 1.0
+    assert rep.micro.support == 2
+    assert rep.latency.p50_seconds > 0
+    assert len(rep.errors) >= 1  # a random model misses the gold entities
+
+
+def test_evaluate_dataset_path(start_server, tmp_path) -> None:
+    data = tmp_path / "gold.jsonl"
+    data.write_text(json.dumps({"text": "Alice met Bob", "entities": [
+        {"label": "name", "text": "Bob", "start": 10, "end": 13}]}) + "\n")
+    r = start_server(eval_dataset_roots=[str(tmp_path)])
+    cfg = spb.EvaluateConfig(dataset=spb.DatasetSource(path=str(data), format=spb.DATASET_FORMAT_JSONL))
+    responses = list(r.stub.Evaluate(iter([spb.EvaluateRequest(config=cfg)]), timeout=120))
+    assert responses[-1].report.examples == 1
+
+    def evaluate_code(path: str) -> grpc.StatusCode:
+        cfg = spb.EvaluateConfig(dataset=spb.DatasetSource(path=path))
+        return code_of(lambda: list(r.stub.Evaluate(iter([spb.EvaluateRequest(config=cfg)]), timeout=30)))
+
+    assert evaluate_code("/etc/passwd") == grpc.StatusCode.PERMISSION_DENIED
+    assert evaluate_code(str(tmp_path / "missing.jsonl")) == grpc.StatusCode.NOT_FOUND
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ab", "entities": [{"label": "name", "text": "zz", "start": 0, "end": 2}]}\n')
+    assert evaluate_code(str(bad)) == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_invalid_arguments(start_server) -> None:
+    r = start_server(max_text_chars=50, max_batch_texts=3, max_batch_bytes=40)
+    bad_extract = [spb.ExtractRequest(text=""), spb.ExtractRequest(text="  \n\t"), spb.ExtractRequest(text="x" * 51),
+                   spb.ExtractRequest(text="ok", labels=["nope"]), spb.ExtractRequest(text="ok", max_entities=-1)]
+    for req in bad_extract:
+        assert code_of(r.stub.Extract, req, timeout=10) == grpc.StatusCode.INVALID_ARGUMENT, req
+    for req in [spb.ExtractBatchRequest(texts=[]), spb.ExtractBatchRequest(texts=["a", "b", "c", "d"]),
+                spb.ExtractBatchRequest(texts=["a" * 30, "b" * 30]), spb.ExtractBatchRequest(texts=["a", ""])]:
+        assert code_of(r.stub.ExtractBatch, req, timeout=10) == grpc.StatusCode.INVALID_ARGUMENT
+    try:
+        r.stub.ExtractBatch(spb.ExtractBatchRequest(texts=["a", " "]), timeout=10)
+    except grpc.RpcError as exc:
+        assert "texts[1]" in exc.details()
+    # malformed Evaluate streams
+    example = spb.EvaluateRequest(example=tpb.Example(text="abc"))
+    config = spb.EvaluateRequest(config=spb.EvaluateConfig(inline_examples=spb.InlineSource()))
+    bad_offsets = spb.EvaluateRequest(example=tpb.Example(text="abc", entities=[
+        tpb.Entity(label="name", text="zz", start=0, end=2)]))
+    bad_label = spb.EvaluateRequest(example=tpb.Example(text="abc", entities=[
+        tpb.Entity(label="PER", text="ab", start=0, end=2)]))
+    for stream in ([example], [config], [config, config], [config, bad_offsets], [config, bad_label]):
+        c = code_of(lambda s=stream: list(r.stub.Evaluate(iter(s), timeout=30)))
+        assert c == grpc.StatusCode.INVALID_ARGUMENT, stream
+
+
+def test_not_ready_is_unavailable_and_health_transitions(start_server, tiny_engine) -> None:
+    r = start_server(ready=False)
+    assert r.status() == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert r.status(SERVICE_NAME) == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert code_of(r.stub.Extract, spb.ExtractRequest(text="hi"), timeout=10) == grpc.StatusCode.UNAVAILABLE
+    r.make_ready(Extractor(tiny_engine, TaskCard.load(tiny_engine.config.model)))
+    assert r.status() == health_pb2.HealthCheckResponse.SERVING
+    assert code_of(r.stub.Extract, spb.ExtractRequest(text="hi"), timeout=60) == grpc.StatusCode.OK
+
+
+def test_internal_errors_are_generic(start_server) -> None:
+    r = start_server()
+
+    async def boom(*args, **kwargs):
+        raise RuntimeError("secret detail")
+
+    r.server.state.extractor.extract = boom
+    try:
+        r.stub.Extract(spb.ExtractRequest(text="hi"), timeout=10)
+        raise AssertionError("expected an error")
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.INTERNAL
+        assert "secret" not in exc.details() and "internal error" in exc.details()
+
+
+def test_deadline_expiry(start_server) -> None:
+    r = start_server(constrained=False)  # unconstrained random model: long generations
+    assert code_of(r.stub.Extract, spb.ExtractRequest(text="a" * 300), timeout=0.3) == grpc.StatusCode.DEADLINE_EXCEEDED
+    counts = r.server.metrics.requests.labels("Extract", "DEADLINE_EXCEEDED")
+    for _ in range(50):
+        if counts._value.get() >= 1:
+            break
+        time.sleep(0.1)
+    assert counts._value.get() == 1
+
+
+def test_cancelled_call_frees_its_slot(start_server, tiny_engine) -> None:
+    r = start_server(constrained=False)
+    future = r.stub.Extract.future(spb.ExtractRequest(text="a" * 300), timeout=60)
+    for _ in range(100):
+        if tiny_engine.num_unfinished:
+            break
+        time.sleep(0.05)
+    assert r.server.state.inflight == 1
+    future.cancel()
+    for _ in range(100):
+        if not tiny_engine.num_unfinished and not r.server.state.inflight:
+            break
+        time.sleep(0.05)
+    assert tiny_engine.num_unfinished == 0
+    assert r.server.state.inflight == 0
+
+
+def test_overload_is_resource_exhausted_and_bounded(start_server, tiny_engine) -> None:
+    r = start_server(constrained=False, max_queue=2)
+    futures = [r.stub.Extract.future(spb.ExtractRequest(text="a" * 300), timeout=60) for _ in range(2)]
+    for _ in range(100):
+        if r.server.state.inflight == 2:
+            break
+        time.sleep(0.05)
+    t0 = time.perf_counter()
+    assert code_of(r.stub.Extract, spb.ExtractRequest(text="b"), timeout=10) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert code_of(r.stub.ExtractBatch, spb.ExtractBatchRequest(texts=["a"]), timeout=10) == \
+        grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert time.perf_counter() - t0 < 2  # refused at once, not queued
+    assert r.server.state.inflight <= 2
+    for f in futures:
+        f.cancel()
+
+
+def test_metrics_families_after_traffic(start_server) -> None:
+    r = start_server()
+    r.stub.Extract(spb.ExtractRequest(text="Peter Blackburn"), timeout=60)
+    code_of(r.stub.Extract, spb.ExtractRequest(text=""), timeout=10)
+    text = generate_latest(r.server.metrics.registry).decode()
+    for family in ["nerve_requests_total", "nerve_request_seconds", "nerve_queue_seconds", "nerve_engine_seconds",
+                   "nerve_first_token_seconds", "nerve_batch_texts", "nerve_prompt_tokens_total",
+                   "nerve_completion_tokens_total", "nerve_inflight_requests", "nerve_queued_requests",
+                   "nerve_parse_failures_total", "nerve_grammar_schemas_total", "nerve_grammar_first_use_seconds",
+                   "nerve_model_info", "nerve_ready"]:
+        assert f"# TYPE {family.removesuffix('_total')}" in text, family
+    assert 'nerve_requests_total{code="OK",method="Extract"} 1.0' in text
+    assert 'nerve_requests_total{code="INVALID_ARGUMENT",method="Extract"} 1.0' in text
+    assert "nerve_parse_failures_total 0.0" in text
+
+
+def test_auth_token(start_server) -> None:
+    r = start_server(auth_token="s3cret")
+    assert code_of(r.stub.Extract, spb.ExtractRequest(text="hi"), timeout=10) == grpc.StatusCode.UNAUTHENTICATED
+    bad = (("authorization", "Bearer wrong"),)
+    assert code_of(r.stub.Extract, spb.ExtractRequest(text="hi"), metadata=bad, timeout=10) == \
+        grpc.StatusCode.UNAUTHENTICATED
+    assert code_of(lambda: list(r.stub.Evaluate(iter([]), timeout=10))) == grpc.StatusCode.UNAUTHENTICATED
+    good = (("authorization", "Bearer s3cret"),)
+    assert code_of(r.stub.Extract, spb.ExtractRequest(text="hi"), metadata=good, timeout=60) == grpc.StatusCode.OK
+    assert r.status() == health_pb2.HealthCheckResponse.SERVING  # probes need no token
+
+
+def test_reflection_lists_the_services(start_server) -> None:
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    r = start_server()
+    db = ProtoReflectionDescriptorDatabase(r.channel)
+    services = set(db.get_services())
+    assert {"nerve.v1.NerveService", "grpc.health.v1.Health"} <= services
+    desc = db.FindFileContainingSymbol("nerve.v1.NerveService")
+    assert desc.package == "nerve.v1"
+
+
+def test_in_process_drain_finishes_in_flight_calls(start_server) -> None:
+    r = start_server()
+    futures = [r.stub.Extract.future(spb.ExtractRequest(text=f"Peter Blackburn {i}"), timeout=60) for i in range(6)]
+    for _ in range(500):
+        if r.server.state.inflight == 6:
+            break
+        time.sleep(0.01)
+    assert r.server.state.inflight == 6, "all calls must be in flight before the drain starts"
+    r.loop_thread.run(r.server.drain(30))
+    assert [f.code() for f in futures] == [grpc.StatusCode.OK] * 6
+    assert code_of(r.stub.Extract, spb.ExtractRequest(text="late"), timeout=5) == grpc.StatusCode.UNAVAILABLE
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=80), labels=st.lists(st.sampled_from(["name", "book", "??", ""]), max_size=3),
+       max_entities=st.integers(-3, 40), raw=st.booleans())
+def test_fuzzed_requests_always_get_a_status(start_server, text, labels, max_entities, raw) -> None:
+    if not hasattr(test_fuzzed_requests_always_get_a_status, "server"):
+        test_fuzzed_requests_always_get_a_status.server = start_server()
+    r = test_fuzzed_requests_always_get_a_status.server
+    req = spb.ExtractRequest(text=text, labels=labels, max_entities=max_entities, return_raw=raw)
+    code = code_of(r.stub.Extract, req, timeout=60)
+    assert code in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT)
+    assert r.status() == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_engine_config_overrides_reach_the_engine() -> None:
+    from service.config import load_config
+
+    cfg = load_config(None, {"engine": {"max_model_len": "4096"}}, environ={"NERVE_PORT": "6000"})
+    assert cfg.engine.max_model_len == 4096 and cfg.port == 6000
+    assert isinstance(cfg.engine, EngineConfig)
