@@ -23,6 +23,8 @@ TaskOpt = Annotated[str | None, typer.Option(
     "--task", help="Task card: preset (cluener, conll2003), card JSON file or folder. Default: the checkpoint's card.")]
 BackendOpt = Annotated[str, typer.Option("--backend", help="Structured-output backend: xgrammar, guidance, outlines.")]
 MaxLenOpt = Annotated[int, typer.Option("--max-model-len", help="Engine context length.")]
+GroundedOpt = Annotated[bool, typer.Option(
+    "--grounded", help="Decode under a per-request grammar that only admits substrings of the input.")]
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -107,6 +109,7 @@ def extract(
     raw: Annotated[bool, typer.Option(help="Include the model's raw JSON answer.")] = False,
     backend: BackendOpt = "xgrammar",
     max_model_len: MaxLenOpt = 8192,
+    grounded: GroundedOpt = False,
 ) -> None:
     """Extract entities; prints one JSON line per input (entities with label, text, start, end)."""
     from service.pipeline import Extractor, InputError, run_sync
@@ -116,12 +119,12 @@ def extract(
     label_list = [x.strip() for x in labels.split(",")] if labels else None
 
     async def body(engine):
-        ex = Extractor(engine, card)
+        ex = Extractor(engine, card, grounded=grounded)
         return await ex.extract_many(inputs, labels=label_list)
 
     try:
         results = run_sync(body, cfg)
-    except InputError as exc:
+    except (InputError, ValueError) as exc:
         fail(str(exc))
     for text, r in zip(inputs, results, strict=True):
         out = {"text": text, "entities": [e.to_dict() for e in r.entities]}
@@ -143,6 +146,7 @@ def evaluate_cmd(
     name: Annotated[str | None, typer.Option(help="Report name (default: model and data file).")] = None,
     backend: BackendOpt = "xgrammar",
     max_model_len: MaxLenOpt = 8192,
+    grounded: GroundedOpt = False,
 ) -> None:
     """Score a model on gold data: strict entity P/R/F1 per type, micro/macro, exact match, parse rate."""
     from ner.readers import DatasetFormatError, read_dataset
@@ -173,7 +177,7 @@ def evaluate_cmd(
     t0 = time.perf_counter()
 
     async def body(engine):
-        ex = Extractor(engine, card, limits=Limits(max_text_chars=1 << 20))
+        ex = Extractor(engine, card, limits=Limits(max_text_chars=1 << 20), grounded=grounded)
         with Progress(TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       TimeRemainingColumn(), console=err) as bar:
             tid = bar.add_task("eval", total=len(examples))
@@ -183,7 +187,7 @@ def evaluate_cmd(
     wall = time.perf_counter() - t0
     name = name or f"{Path(str(path)).name}-{data.stem}"
     meta = {"model": str(path), "data": str(data), "examples": len(examples), "task": card.name,
-            "backend": backend, "wall_seconds": round(wall, 1)}
+            "backend": backend, "grounded": grounded, "wall_seconds": round(wall, 1)}
     paths = write_report(res.report, out, name=name, meta=meta, latencies=res.latencies)
     Console().print(res.report.to_markdown())
     err.print(f"report: {', '.join(str(p) for p in paths.values())}")

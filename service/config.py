@@ -39,6 +39,8 @@ class ServeConfig:
     tls_key: str | None = field(default=None, metadata={"help": "PEM private key file."})
     auth_token: str | None = field(default=None, metadata={
         "help": "Require 'authorization: Bearer <token>' on nerve calls (health stays open). Prefer NERVE_AUTH_TOKEN."})
+    grounded: bool = field(default=False, metadata={
+        "help": "Decode under a per-request grammar that only admits substrings of the input (xgrammar only)."})
     warmup: bool = field(default=True, metadata={"help": "Run warm-up generations before reporting SERVING."})
     log_level: str = field(default="INFO", metadata={"help": "Log level."})
     log_texts: bool = field(default=False, metadata={"help": "Log request texts (user data) at INFO."})

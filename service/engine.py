@@ -55,6 +55,8 @@ class GenerationRequest:
     schema: dict[str, Any] | None
     """JSON schema the answer must match; ``None`` decodes unconstrained (benchmarks only)."""
     max_tokens: int
+    grammar: str | None = None
+    """EBNF grammar instead of the schema (grounded decoding, :mod:`ner.grounded`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +161,9 @@ class VllmEngine:
         if self._closed:
             raise EngineError("engine is closed")
         structured = None
-        if request.schema is not None:
+        if request.grammar is not None:
+            structured = StructuredOutputsParams(grammar=request.grammar)
+        elif request.schema is not None:
             structured = StructuredOutputsParams(json=request.schema)
         params = SamplingParams(
             temperature=0.0,

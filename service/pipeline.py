@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ner.card import TaskCard
+from ner.grounded import grounded_grammar
 from ner.labels import LabelSet
 from ner.parsing import AnswerParseError, Mention, ground, parse_answer
 from ner.prompts import check_chat_template, render_prompt
@@ -80,8 +81,13 @@ def _check_text(text: str, limits: Limits) -> None:
 class Extractor:
     """Entity extraction over one engine and one task card."""
 
-    def __init__(self, engine: VllmEngine, card: TaskCard, *, limits: Limits | None = None, constrained: bool = True):
+    def __init__(self, engine: VllmEngine, card: TaskCard, *, limits: Limits | None = None, constrained: bool = True,
+                 grounded: bool = False):
+        """``constrained=False`` decodes without a schema (benchmarks only); ``grounded=True`` decodes under a
+        per-request grammar whose entity texts can only be substrings of the input (xgrammar only)."""
         check_chat_template(card, engine.tokenizer)
+        if grounded and engine.config.structured_backend != "xgrammar":
+            raise ValueError("grounded decoding needs the xgrammar structured-output backend")
         worst = output_spec(card.labels, card.bounds).max_tokens
         if worst + 256 > engine.max_model_len:
             raise ValueError(
@@ -92,6 +98,7 @@ class Extractor:
         self.card = card
         self.limits = limits or Limits()
         self.constrained = constrained
+        self.grounded = grounded
         self._schemas_seen: set[str] = set()
 
     def labels_for(self, labels: Sequence[str] | None) -> LabelSet:
@@ -117,6 +124,12 @@ class Extractor:
                 f"text too long for the model context: {len(ids)} prompt tokens + {spec.max_tokens} answer tokens"
                 f" exceed max_model_len {self.engine.max_model_len}"
             )
+        if self.grounded:
+            grammar, max_tokens = grounded_grammar(text, label_set, self.card.bounds, max_entities)
+            if budget < max_tokens:
+                raise InputError(f"text too long for grounded decoding: {len(ids)} prompt tokens + {max_tokens}"
+                                 f" answer tokens exceed max_model_len {self.engine.max_model_len}")
+            return Prepared(GenerationRequest(ids, None, max_tokens, grammar), None, label_set)
         schema = spec.schema if self.constrained else None
         return Prepared(GenerationRequest(ids, schema, spec.max_tokens), spec, label_set)
 
@@ -137,7 +150,7 @@ class Extractor:
                       request_id: str | None = None) -> ExtractionResult:
         started = time.perf_counter()
         prepared = self.prepare(text, labels, max_entities)
-        new_schema = False
+        new_schema = prepared.request.grammar is not None  # grounded grammars are compiled per request
         if prepared.request.schema is not None and prepared.spec is not None:
             key = prepared.spec.key
             new_schema = key not in self._schemas_seen

@@ -129,7 +129,7 @@ class NerveServer:
             card = load_card(path, self.cfg.task)
             engine_cfg = EngineConfig(**{**vars(self.cfg.engine), "model": str(path)})
             self.engine = await VllmEngine.start(engine_cfg)
-            extractor = Extractor(self.engine, card, limits=Limits(
+            extractor = Extractor(self.engine, card, grounded=self.cfg.grounded, limits=Limits(
                 max_text_chars=self.cfg.max_text_chars, max_batch_texts=self.cfg.max_batch_texts,
                 max_batch_bytes=self.cfg.max_batch_bytes))
             if self.cfg.warmup:

