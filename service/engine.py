@@ -81,6 +81,9 @@ def _prepare_environment(cfg: EngineConfig) -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.kv_cache_gb))))
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    # vLLM's own logging setup writes to stdout, which `nerve extract` reserves for results: let vLLM's
+    # records go through the standard logging tree (stderr) instead.
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

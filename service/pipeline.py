@@ -28,6 +28,10 @@ from ner.types import Entity, Example
 from .engine import EngineConfig, GenerationOutput, GenerationRequest, VllmEngine
 
 
+UNCONSTRAINED_MAX_TOKENS = 256
+"""Token budget of unconstrained decoding (benchmarks only), the same as the transformers baseline's."""
+
+
 class InputError(ValueError):
     """The request is invalid (maps to INVALID_ARGUMENT)."""
 
@@ -130,8 +134,9 @@ class Extractor:
                 raise InputError(f"text too long for grounded decoding: {len(ids)} prompt tokens + {max_tokens}"
                                  f" answer tokens exceed max_model_len {self.engine.max_model_len}")
             return Prepared(GenerationRequest(ids, None, max_tokens, grammar), None, label_set)
-        schema = spec.schema if self.constrained else None
-        return Prepared(GenerationRequest(ids, schema, spec.max_tokens), spec, label_set)
+        if not self.constrained:  # no finite language to bound: cap like a plain chat completion would
+            return Prepared(GenerationRequest(ids, None, min(spec.max_tokens, UNCONSTRAINED_MAX_TOKENS)), spec, label_set)
+        return Prepared(GenerationRequest(ids, spec.schema, spec.max_tokens), spec, label_set)
 
     def finish(self, text: str, prepared: Prepared, out: GenerationOutput, started: float,
                new_schema: bool = False) -> ExtractionResult:
