@@ -27,7 +27,6 @@ from ner.types import Entity, Example
 
 from .engine import EngineConfig, GenerationOutput, GenerationRequest, VllmEngine
 
-
 UNCONSTRAINED_MAX_TOKENS = 256
 """Token budget of unconstrained decoding (benchmarks only), the same as the transformers baseline's."""
 
