@@ -6,6 +6,7 @@ Stages (each writes bench/results/<stage>.json; `report` turns them into Markdow
   unconstrained, greedy, then ``json.loads``; same model, sentences and prompt as nerve.
 * ``vllm``: nerve's path (vLLM AsyncLLM, all sentences submitted at once, xgrammar JSON schema), then the
   same sentences unconstrained, and the first-request (grammar compile) versus repeat-request latency.
+* ``overhead``: the schema's cost per token, against unconstrained runs forced to the same answer lengths.
 * ``backends``: the constrained run with guidance and with outlines.
 * ``grounded``: schema decoding vs grounded decoding (entity texts restricted to input substrings) on
   CLUENER dev and CoNLL testb: speed, F1, hallucination rate.
@@ -165,6 +166,51 @@ def stage_vllm(model_dir: Path, n: int, backend: str = "xgrammar", stage: str = 
     save(stage, data)
 
 
+def stage_overhead(model_dir: Path, n: int, chunks: int = 4) -> None:
+    """Per-token cost of the schema: constrained runs vs unconstrained runs that generate exactly as many tokens.
+
+    The sentences are split into chunks run alternately (constrained, then the same prompts unconstrained with
+    ``ignore_eos`` and ``max_tokens`` equal to each constrained answer's length), so both modes do the same
+    prefill and decode work and share whatever else the machine is doing.
+    """
+    from dataclasses import replace
+
+    from service.engine import EngineConfig, VllmEngine
+    from service.pipeline import Extractor
+
+    examples = cluener_dev(n)
+    card = card_for(model_dir, "cluener")
+
+    async def main() -> dict:
+        engine = await VllmEngine.start(EngineConfig(model=str(model_dir)))
+        try:
+            ex = Extractor(engine, card)
+            await ex.warm_up()
+            t_con = t_unc = 0.0
+            tokens = 0
+            size = -(-len(examples) // chunks)
+            for i in range(0, len(examples), size):
+                reqs = [ex.prepare(e.text).request for e in examples[i:i + size]]
+                t0 = time.perf_counter()
+                outs = await asyncio.gather(*(engine.generate(r) for r in reqs))
+                t_con += time.perf_counter() - t0
+                same = [replace(r, schema=None, max_tokens=max(1, o.completion_tokens), ignore_eos=True)
+                        for r, o in zip(reqs, outs, strict=True)]
+                t0 = time.perf_counter()
+                outs2 = await asyncio.gather(*(engine.generate(r) for r in same))
+                t_unc += time.perf_counter() - t0
+                assert [o.completion_tokens for o in outs] == [max(1, o.completion_tokens) for o in outs2]
+                tokens += sum(o.completion_tokens for o in outs)
+                print(f"  chunk {i // size}: constrained {t_con:.0f} s, unconstrained {t_unc:.0f} s", flush=True)
+            return {"sentences": len(examples), "chunks": chunks, "completion_tokens": tokens,
+                    "constrained_seconds": t_con, "unconstrained_seconds": t_unc,
+                    "overhead": t_con / t_unc - 1}
+        finally:
+            engine.close()
+
+    save("overhead", asyncio.run(main()))
+
+
 def stage_grounded(model_dir: Path, n: int) -> None:
     """Schema decoding vs grounded decoding (entity texts restricted to substrings of the input)."""
     from service.engine import EngineConfig, VllmEngine
@@ -224,7 +270,7 @@ def stage_zeroshot(model_dir: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stages", default="hf,vllm,backends,grounded,zeroshot,report")
+    ap.add_argument("--stages", default="hf,vllm,overhead,backends,grounded,zeroshot,report")
     ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
     ap.add_argument("--n", type=int, default=200, help="CLUENER dev sentences for the speed comparisons")
     ap.add_argument("--max-new-tokens", type=int, default=256, help="baseline generate budget")
@@ -240,6 +286,8 @@ def main() -> None:
         elif stage == "backends":
             for b in ("guidance", "outlines"):
                 stage_vllm(model_dir, args.n, backend=b, stage=f"backend-{b}", unconstrained=False)
+        elif stage == "overhead":
+            stage_overhead(model_dir, args.n)
         elif stage == "grounded":
             stage_grounded(model_dir, args.n)
         elif stage == "zeroshot":

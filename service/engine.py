@@ -57,6 +57,8 @@ class GenerationRequest:
     max_tokens: int
     grammar: str | None = None
     """EBNF grammar instead of the schema (grounded decoding, :mod:`ner.grounded`)."""
+    ignore_eos: bool = False
+    """Generate exactly ``max_tokens`` tokens (benchmarks that compare equal amounts of decoding)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +175,7 @@ class VllmEngine:
             max_tokens=request.max_tokens,
             structured_outputs=structured,
             skip_special_tokens=True,
+            ignore_eos=request.ignore_eos,
         )
         rid = request_id or uuid.uuid4().hex
         rid = f"{rid}-{uuid.uuid4().hex[:8]}"  # unique inside the engine even if clients reuse ids

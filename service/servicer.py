@@ -294,17 +294,21 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
         return config, examples
 
     def _allowed_path(self, raw: str) -> Path:
+        """A dataset file inside an allowed folder; a relative path is looked up under each folder in turn."""
         if not raw:
             raise InputError("dataset.path is empty")
         if not self.cfg.eval_dataset_roots:
             raise Forbidden("this server reads no datasets by path; stream the examples instead")
-        path = Path(raw).resolve()
         roots = [Path(r).resolve() for r in self.cfg.eval_dataset_roots]
-        if not any(path.is_relative_to(r) for r in roots):
+        given = Path(raw)
+        candidates = [given.resolve()] if given.is_absolute() else [(r / given).resolve() for r in roots]
+        inside = [c for c in candidates if any(c.is_relative_to(r) for r in roots)]
+        if not inside:
             raise Forbidden("dataset path is outside the folders this server may read")
-        if not path.is_file():
-            raise NotFound(f"no dataset at {raw}")
-        return path
+        for c in inside:
+            if c.is_file():
+                return c
+        raise NotFound(f"no dataset at {raw}")
 
     @staticmethod
     def _report(examples: list[Example], results: list[ExtractionResult], labels: list[str], include_errors: bool,

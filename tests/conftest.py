@@ -81,3 +81,67 @@ def tiny_engine(loop_thread, tiny_qwen_dir):
     engine = start_engine(loop_thread, tiny_qwen_dir)
     yield engine
     engine.close()
+
+
+class Running:
+    """A nerve server in the test loop thread (over a shared engine) plus a client channel to it."""
+
+    def __init__(self, loop_thread, server):
+        import grpc
+        from grpc_health.v1 import health_pb2_grpc
+        from nerve_client._proto.nerve.v1 import service_pb2_grpc
+
+        self.loop_thread = loop_thread
+        self.server = server
+        self.target = f"127.0.0.1:{server.port}"
+        self.channel = grpc.insecure_channel(self.target)
+        self.stub = service_pb2_grpc.NerveServiceStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    def status(self, service: str = "") -> int:
+        from grpc_health.v1 import health_pb2
+
+        return self.health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+
+    def make_ready(self, extractor) -> None:
+        from grpc_health.v1 import health_pb2
+
+        async def ready() -> None:
+            self.server.state.extractor = extractor
+            await self.server._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+        self.loop_thread.run(ready())
+
+    def stop(self) -> None:
+        self.channel.close()
+        self.loop_thread.run(self.server.drain(0))
+
+
+@pytest.fixture
+def start_server(loop_thread, tiny_engine):
+    """Factory: a server with the given settings over the shared tiny engine (no model load)."""
+    from dataclasses import replace
+
+    from ner.card import TaskCard
+    from service.config import ServeConfig
+    from service.pipeline import Extractor, Limits
+    from service.server import NerveServer
+
+    running: list[Running] = []
+
+    def start(ready: bool = True, constrained: bool = True, **settings) -> Running:
+        cfg = ServeConfig(model=tiny_engine.config.model, port=0, metrics_port=0, engine=replace(tiny_engine.config),
+                          **settings)
+        server = NerveServer(cfg)
+        loop_thread.run(server.start(load=False))
+        r = Running(loop_thread, server)
+        if ready:
+            card = TaskCard.load(tiny_engine.config.model)
+            r.make_ready(Extractor(tiny_engine, card, constrained=constrained,
+                                   limits=Limits(max_text_chars=cfg.max_text_chars)))
+        running.append(r)
+        return r
+
+    yield start
+    for r in running:
+        r.stop()
