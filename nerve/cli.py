@@ -253,6 +253,91 @@ def demo(
     Console().print(table)
 
 
+data_app = typer.Typer(help="Inspect NER datasets before tuning.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def tune(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Argument(help="Tuning config YAML (see examples/tune/).")] = None,
+    help_config: Annotated[bool, typer.Option("--help-config", help="List every config field and exit.")] = False,
+) -> None:
+    """Fine-tune on NER data: `nerve tune CONFIG.yaml [--section.field VALUE ...]`.
+
+    Every config field can be overridden, e.g. `--train.max_steps 50 --method.lora_r 8`. The run directory
+    (train.output_dir) gets checkpoints, TensorBoard logs, the data report and `final/`; turn it into a
+    servable checkpoint with `nerve export`.
+    """
+    if help_config:
+        from tuning.config import config_help_markdown
+
+        Console().print(config_help_markdown(), markup=False, highlight=False)
+        return
+    if config is None and not ctx.args:
+        fail("give a config file (examples/tune/*.yaml) or --section.field overrides")
+    from ner.readers import DatasetFormatError
+    from tuning.config import ConfigError
+    from tuning.methods import MethodUnavailableError
+    from tuning.run import tune as run_tune
+
+    if config is not None and not config.is_file():
+        fail(f"{config}: no such config file")
+    try:
+        run_dir = run_tune(config, list(ctx.args))
+    except (ConfigError, DatasetFormatError, MethodUnavailableError, FileNotFoundError) as exc:
+        fail(str(exc))
+    err.print(f"run directory: {run_dir}  (next: nerve export {run_dir} OUT_DIR)")
+
+
+@app.command("export")
+def export_cmd(
+    source: Annotated[Path, typer.Argument(help="Run directory, checkpoint-N folder, LoRA adapter or model folder.")],
+    out: Annotated[Path, typer.Argument(help="Folder for the servable checkpoint (replaced when it exists).")],
+    dtype: Annotated[str, typer.Option(help="Saved dtype: auto (the base model's), bfloat16, float16, float32.")] = "auto",
+    atol: Annotated[float, typer.Option(help="Absolute tolerance of the merged-vs-adapter logits check.")] = 1e-4,
+) -> None:
+    """Merge LoRA into the base, verify merged logits equal the adapter's, and save safetensors + tokenizer + card."""
+    from tuning.export import ExportError, export_checkpoint
+
+    if not source.exists():
+        fail(f"{source}: no such run, checkpoint or adapter folder")
+    try:
+        path = export_checkpoint(source, out, dtype=dtype, atol=atol, rtol=atol)
+    except (ExportError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    err.print(f"exported {source} -> {path}  (serve it: nerve serve --model {path})")
+
+
+@data_app.command("report")
+def data_report_cmd(
+    file: Annotated[Path, typer.Argument(help="Dataset: CLUENER JSON/JSONL, CoNLL, BMES or nerve JSONL.")],
+    model: ModelOpt = "qwen2.5-coder-0.5b-instruct",
+    task: TaskOpt = None,
+    kind: Annotated[str, typer.Option(help="causal-lm (chat prompt + answer) or token-cls (encoder).")] = "causal-lm",
+    fmt: Annotated[str, typer.Option("--format", help="auto, cluener, conll, bmes, jsonl.")] = "auto",
+    percentile: Annotated[float, typer.Option(help="Token-length percentile that sets max_length.")] = 99.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Entity counts per type and token-length percentiles with the model's tokenizer (how max_length is chosen)."""
+    from ner.readers import DatasetFormatError
+    from tuning.config import ConfigError
+    from tuning.data import data_report
+
+    if kind not in ("causal-lm", "token-cls"):
+        fail(f"--kind must be causal-lm or token-cls, not {kind!r}")
+    if not file.is_file():
+        fail(f"{file}: no such dataset file")
+    try:
+        rep = data_report(file, model, task=task, kind=kind, format=fmt, length_percentile=percentile)
+    except (DatasetFormatError, ConfigError, FileNotFoundError) as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps(rep.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        rep.print(Console())
+
+
 def main() -> None:  # pragma: no cover
     app()
 

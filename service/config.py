@@ -41,6 +41,10 @@ class ServeConfig:
         "help": "Require 'authorization: Bearer <token>' on nerve calls (health stays open). Prefer NERVE_AUTH_TOKEN."})
     grounded: bool = field(default=False, metadata={
         "help": "Decode under a per-request grammar that only admits substrings of the input (xgrammar only)."})
+    encoder_max_batch: int = field(default=32, metadata={
+        "help": "Token-classification checkpoints: most texts tagged in one forward pass (micro-batcher)."})
+    encoder_max_wait_ms: float = field(default=5.0, metadata={
+        "help": "Token-classification checkpoints: longest wait after the first queued text for a batch to fill."})
     warmup: bool = field(default=True, metadata={"help": "Run warm-up generations before reporting SERVING."})
     log_level: str = field(default="INFO", metadata={"help": "Log level."})
     log_texts: bool = field(default=False, metadata={"help": "Log request texts (user data) at INFO."})
@@ -49,7 +53,8 @@ class ServeConfig:
     def validate(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key must be given together")
-        for name in ("max_queue", "max_text_chars", "max_batch_texts", "max_batch_bytes", "max_message_bytes"):
+        for name in ("max_queue", "max_text_chars", "max_batch_texts", "max_batch_bytes", "max_message_bytes",
+                     "encoder_max_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
         if not 0 < self.port < 65536 or not 0 <= self.metrics_port < 65536:

@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from nerve_client._proto.nerve.v1 import service_pb2, service_pb2_grpc
 
 from .config import ServeConfig
+from .encoder_engine import EncoderConfig, EncoderEngine, EncoderExtractor, is_encoder_checkpoint
 from .engine import EngineConfig, VllmEngine
 from .metrics import Metrics
 from .pipeline import Extractor, Limits, load_card
@@ -78,7 +79,7 @@ class NerveServer:
         self.metrics = metrics or Metrics()
         self.state = ServerState()
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
-        self.engine: VllmEngine | None = None
+        self.engine: VllmEngine | EncoderEngine | None = None
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._stopped = asyncio.Event()
@@ -127,11 +128,17 @@ class NerveServer:
         try:
             path = await asyncio.to_thread(resolve_model, self.cfg.model, log=log.info)
             card = load_card(path, self.cfg.task)
-            engine_cfg = EngineConfig(**{**vars(self.cfg.engine), "model": str(path)})
-            self.engine = await VllmEngine.start(engine_cfg)
-            extractor = Extractor(self.engine, card, grounded=self.cfg.grounded, limits=Limits(
-                max_text_chars=self.cfg.max_text_chars, max_batch_texts=self.cfg.max_batch_texts,
-                max_batch_bytes=self.cfg.max_batch_bytes))
+            limits = Limits(max_text_chars=self.cfg.max_text_chars, max_batch_texts=self.cfg.max_batch_texts,
+                            max_batch_bytes=self.cfg.max_batch_bytes)
+            if is_encoder_checkpoint(path):  # token classification: no vLLM, a micro-batcher instead
+                engine_cfg = EncoderConfig(model=str(path), max_batch=self.cfg.encoder_max_batch,
+                                           max_wait_ms=self.cfg.encoder_max_wait_ms)
+                self.engine = await EncoderEngine.start(engine_cfg)
+                extractor = EncoderExtractor(self.engine, card, limits=limits)
+            else:
+                engine_cfg = EngineConfig(**{**vars(self.cfg.engine), "model": str(path)})
+                self.engine = await VllmEngine.start(engine_cfg)
+                extractor = Extractor(self.engine, card, grounded=self.cfg.grounded, limits=limits)
             if self.cfg.warmup:
                 await extractor.warm_up()
         except Exception:

@@ -1,0 +1,208 @@
+"""Serving a token-classification checkpoint (``nerve tune --method token-cls``) behind the same API.
+
+An encoder tags a whole batch in one forward pass, but unlike vLLM it has no scheduler of its own, so
+:class:`EncoderEngine` puts a small micro-batcher in front of it: requests wait in a queue; one worker takes up
+to ``max_batch`` of them (waiting at most ``max_wait_ms`` after the first one for more to arrive), runs one
+forward pass in a worker thread and resolves each request with its entities. A request cancelled while it
+waits is skipped, so it never costs a forward pass.
+
+:class:`EncoderExtractor` has the interface of :class:`service.pipeline.Extractor` (``prepare``, ``extract``,
+``extract_many``, ``labels_for``, ``warm_up``, ``card``, ``engine``), so the servicer serves either unchanged.
+Entities come straight from the tagger's word spans, so they are always grounded and there is nothing to parse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ner.card import TaskCard
+from ner.labels import LabelSet
+from ner.types import Entity
+
+from .pipeline import ExtractionResult, InputError, Limits, Usage, _check_text
+
+log = logging.getLogger("nerve.encoder")
+
+ENCODER_FILENAME = "nerve_encoder.json"
+
+
+def is_encoder_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` holds a token-classification checkpoint saved by ``nerve tune``/``nerve export``."""
+    return (Path(path) / ENCODER_FILENAME).is_file()
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderConfig:
+    model: str
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    device: str = "cpu"
+    structured_backend: str = "none"
+    """There is no decoding to constrain; kept so model info reads the same for both engines."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    text: str
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class EncoderEngine:
+    """A token-classification model with a micro-batcher (one forward pass per batch, in a worker thread)."""
+
+    def __init__(self, config: EncoderConfig, tagger_extractor) -> None:
+        import transformers
+
+        self.config = config
+        self._model = tagger_extractor
+        self.tokenizer = tagger_extractor.tokenizer
+        self.version = f"nerve-encoder (transformers {transformers.__version__})"
+        self.max_model_len = tagger_extractor.max_length
+        self.batches = 0
+        self.batch_sizes: list[int] = []
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._worker: asyncio.Task | None = None
+        self._closed = False
+
+    @classmethod
+    async def start(cls, config: EncoderConfig) -> EncoderEngine:
+        from tuning.encoder import EncoderExtractor as Tagger
+
+        if not is_encoder_checkpoint(config.model):
+            raise FileNotFoundError(f"{config.model}: not a token-classification checkpoint (no {ENCODER_FILENAME})")
+        model = await asyncio.to_thread(Tagger, config.model, device=config.device, batch_size=config.max_batch)
+        engine = cls(config, model)
+        engine._worker = asyncio.ensure_future(engine._run())
+        log.info("encoder engine ready: %s (%d tags, max batch %d, wait %.1f ms)", config.model, len(model.tags),
+                 config.max_batch, config.max_wait_ms)
+        return engine
+
+    @property
+    def labels(self) -> list[str]:
+        return self._model.labels
+
+    async def tag(self, text: str) -> tuple[list[Entity], float, float]:
+        """Entities of ``text`` with the seconds it waited for a batch and the seconds its batch took."""
+        if self._closed:
+            raise RuntimeError("the encoder engine is closed")
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(text, fut))
+        return await fut
+
+    async def _next_batch(self) -> list[_Pending]:
+        first = await self._queue.get()
+        batch = [first]
+        deadline = time.perf_counter() + self.config.max_wait_ms / 1000
+        while len(batch) < self.config.max_batch:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                while len(batch) < self.config.max_batch and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), left))
+            except TimeoutError:
+                break
+        return [p for p in batch if not p.future.done()]  # cancelled while waiting: no forward pass
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            if not batch:
+                continue
+            started = time.perf_counter()
+            try:
+                entities = await asyncio.to_thread(self._model.extract, [p.text for p in batch])
+            except Exception as exc:  # resolved per request; the servicer maps it to INTERNAL
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            took = time.perf_counter() - started
+            self.batches += 1
+            self.batch_sizes.append(len(batch))
+            for p, ents in zip(batch, entities, strict=True):
+                if not p.future.done():
+                    p.future.set_result((ents, started - p.enqueued, took))
+
+    def close(self) -> None:
+        self._closed = True
+        if self._worker is not None:
+            self._worker.cancel()
+        while not self._queue.empty():
+            p = self._queue.get_nowait()
+            if not p.future.done():
+                p.future.set_exception(RuntimeError("the encoder engine closed"))
+
+
+class EncoderExtractor:
+    """Extraction with an :class:`EncoderEngine`, with the interface of :class:`service.pipeline.Extractor`."""
+
+    grounded = False
+    constrained = False
+
+    def __init__(self, engine: EncoderEngine, card: TaskCard, *, limits: Limits | None = None) -> None:
+        unknown = [name for name in card.labels.names if name not in engine.labels]
+        if unknown:
+            raise ValueError(f"the task card names labels the tagger was not trained on: {', '.join(unknown)}")
+        self.engine = engine
+        self.card = card
+        self.limits = limits or Limits()
+
+    def labels_for(self, labels: Sequence[str] | None) -> LabelSet:
+        if not labels:
+            return self.card.labels
+        try:
+            return self.card.labels.subset(list(dict.fromkeys(labels)))
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+
+    def prepare(self, text: str, labels: Sequence[str] | None = None, max_entities: int | None = None) -> LabelSet:
+        _check_text(text, self.limits)
+        if max_entities is not None and max_entities < 1:
+            raise InputError("max_entities must be positive")
+        return self.labels_for(labels)
+
+    async def extract(self, text: str, *, labels: Sequence[str] | None = None, max_entities: int | None = None,
+                      request_id: str | None = None) -> ExtractionResult:
+        started = time.perf_counter()
+        wanted = set(self.prepare(text, labels, max_entities).names)
+        entities, queued, took = await self.engine.tag(text)
+        entities = [e for e in entities if e.label in wanted]
+        limit = max_entities or self.card.bounds.max_entities
+        entities = entities[:limit]
+        raw = json.dumps({"entities": [{"label": e.label, "text": e.text} for e in entities]}, ensure_ascii=False,
+                         separators=(",", ":"))
+        usage = Usage(prompt_tokens=len(self.engine.tokenizer.tokenize(text)), completion_tokens=0,
+                      queue_seconds=queued, engine_seconds=took, total_seconds=time.perf_counter() - started)
+        return ExtractionResult(entities, raw, True, finish_reason="stop", usage=usage)
+
+    async def extract_many(self, texts: Sequence[str], *, labels: Sequence[str] | None = None,
+                           max_entities: int | None = None,
+                           on_result: Callable[[int, ExtractionResult], None] | None = None) -> list[ExtractionResult]:
+        for t in texts:
+            self.prepare(t, labels, max_entities)
+
+        async def one(i: int, t: str) -> ExtractionResult:
+            r = await self.extract(t, labels=labels, max_entities=max_entities)
+            if on_result is not None:
+                on_result(i, r)
+            return r
+
+        tasks = [asyncio.ensure_future(one(i, t)) for i, t in enumerate(texts)]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            raise
+
+    async def warm_up(self) -> None:
+        await self.extract("Warm-up sentence: Alice Smith visited Paris.")

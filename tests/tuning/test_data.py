@@ -1,0 +1,158 @@
+"""Data: prompt masking and end token on rendered examples, the data report, length policy, labels, splits."""
+
+from __future__ import annotations
+
+import pytest
+
+from ner.card import TaskCard
+from ner.types import Entity, Example
+from tests.tuning.conftest import synth_examples
+from tuning.config import ConfigError, DataArgs
+from tuning.data import (
+    IGNORE_INDEX,
+    Encoded,
+    apply_max_length,
+    check_encoded,
+    data_report,
+    encode_causal,
+    end_of_turn,
+    percentile,
+    report_causal,
+    resolve_card,
+    restrict_labels,
+    split_train_dev,
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(chat_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(chat_tokenizer_dir)
+
+
+CARD = TaskCard.preset("conll2003")
+ZH = TaskCard.preset("cluener")
+
+
+def test_prompt_is_masked_and_completion_ends_with_end_of_turn(tokenizer) -> None:
+    examples = synth_examples(5) + [Example("张三在北京工作。", [Entity.at("张三在北京工作。", 0, 2, "PER")])]
+    eot = end_of_turn(tokenizer, CARD, [tokenizer.convert_tokens_to_ids("<|im_end|>")])
+    assert eot.marker == "<|im_end|>" and eot.append_eos is None
+    encoded = encode_causal(tokenizer, CARD, examples, eot)
+    end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for ex, enc in zip(examples, encoded, strict=True):
+        p = enc.prompt_len
+        assert enc.labels[:p] == [IGNORE_INDEX] * p
+        assert enc.labels[p:] == enc.input_ids[p:]
+        assert enc.input_ids[-1] == end_id and enc.labels[-1] == end_id
+        answer = tokenizer.decode(enc.input_ids[p:], skip_special_tokens=False)
+        assert answer.startswith('{"entities":[') and answer.endswith("]}<|im_end|>")
+        for e in ex.entities:
+            assert f'"text":"{e.text}"' in answer
+        prompt = tokenizer.decode(enc.input_ids[:p], skip_special_tokens=False)
+        assert prompt.endswith("<|im_start|>assistant\n") and ex.text in prompt
+        # Exactly the ids the server feeds the model for this prompt.
+        assert enc.input_ids[:p] == tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+def test_eos_is_appended_when_the_end_of_turn_is_not_a_generation_eos(tokenizer) -> None:
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    other = "<|endoftext|>" if "<|endoftext|>" in tok.get_vocab() else tok.bos_token
+    tok.eos_token = other
+    eos_id = tok.convert_tokens_to_ids(other)
+    eot = end_of_turn(tok, CARD, [eos_id])
+    assert eot.append_eos == eos_id
+    assert tok.convert_tokens_to_ids("<|im_end|>") in eot.stop_ids and eos_id in eot.stop_ids
+    enc = encode_causal(tok, CARD, synth_examples(2), eot)
+    for e in enc:
+        assert e.input_ids[-2:] == [tok.convert_tokens_to_ids("<|im_end|>"), eos_id]
+        assert e.labels[-1] == eos_id
+
+
+def test_check_encoded_catches_broken_examples(tokenizer) -> None:
+    eot = end_of_turn(tokenizer, CARD)
+    good = encode_causal(tokenizer, CARD, synth_examples(1), eot)[0]
+    unmasked = Encoded(good.input_ids, [good.input_ids[0], *good.labels[1:]], good.prompt_len)
+    with pytest.raises(AssertionError, match="not masked"):
+        check_encoded(unmasked, eot)
+    cut = Encoded(good.input_ids[:-1], good.labels[:-1], good.prompt_len)
+    with pytest.raises(AssertionError, match="end-of-turn"):
+        check_encoded(cut, eot)
+
+
+def test_data_report_lengths_and_max_length(tokenizer, chat_tokenizer_dir) -> None:
+    examples = synth_examples(20)
+    long_text = "word " * 200 + "Paris"
+    examples.append(Example(long_text, [Entity.at(long_text, len(long_text) - 5, len(long_text), "LOC")]))
+    eot = end_of_turn(tokenizer, CARD)
+    encoded = encode_causal(tokenizer, CARD, examples, eot)
+    lengths = sorted(len(e) for e in encoded)
+    rep = report_causal("train", examples, encoded, CARD, DataArgs(length_percentile=90))
+    assert rep.examples == 21 and rep.entities == sum(len(e.entities) for e in examples)
+    assert rep.labels["LOC"] >= 1 and rep.labels["MISC"] == 0 and list(rep.labels)[:4] == CARD.labels.names
+    assert rep.lengths.max == lengths[-1] and rep.lengths.p50 == percentile(lengths, 50)
+    assert rep.max_length % 16 == 0 and rep.max_length >= percentile(lengths, 90)
+    assert rep.overlength == sum(n > rep.max_length for n in lengths) >= 1  # the long one is reported
+    assert "max length" in rep.to_markdown()
+    # Explicit max length wins.
+    assert report_causal("t", examples, encoded, CARD, DataArgs(max_length=100)).max_length == 100
+    # The public entry point, on a model folder.
+    rep2 = data_report(examples, chat_tokenizer_dir, task="conll2003")
+    assert rep2.lengths.max == rep.lengths.max and rep2.unservable["too_many_entities"] == 0
+
+
+def test_overlength_is_dropped_or_truncated_and_counted(tokenizer) -> None:
+    eot = end_of_turn(tokenizer, CARD)
+    encoded = encode_causal(tokenizer, CARD, synth_examples(6), eot)
+    limit = sorted(len(e) for e in encoded)[2]
+    kept, over = apply_max_length(encoded, limit, "drop")
+    assert over == sum(len(e) > limit for e in encoded) and len(kept) == len(encoded) - over
+    kept, over2 = apply_max_length(encoded, limit, "truncate")
+    assert over2 == over and len(kept) == len(encoded) and max(map(len, kept)) <= limit
+
+
+def test_unservable_answers_are_reported() -> None:
+    from tuning.data import unservable_counts
+
+    text = 'He said "hi" to Bob'
+    ex = Example(text, [Entity.at(text, 8, 12, "MISC"), Entity.at(text, 16, 19, "PER")])
+    assert unservable_counts([ex], CARD)["entity_needs_escape"] == 1
+
+
+def test_labels_from_preset_card_list_or_data(tmp_path) -> None:
+    train = synth_examples(10)
+    assert resolve_card(DataArgs(task="conll2003"), train).labels.names == ["PER", "LOC", "ORG", "MISC"]
+    assert resolve_card(DataArgs(labels=["ORG", "PER"]), train).labels.names == ["ORG", "PER"]
+    assert resolve_card(DataArgs(), train).labels.names == ["LOC", "ORG", "PER"]
+    ZH.save(tmp_path)
+    assert resolve_card(DataArgs(task=str(tmp_path)), train).labels.names == ZH.labels.names
+    with pytest.raises(ConfigError, match="neither a preset"):
+        resolve_card(DataArgs(task="nope"), train)
+    with pytest.raises(ConfigError, match="outside the task's label set"):
+        restrict_labels(train, ["PER"], "error", "train")
+    kept, dropped = restrict_labels(train, ["PER"], "drop", "train")
+    assert dropped == sum(e.label != "PER" for ex in train for e in ex.entities)
+    assert all(e.label == "PER" for ex in kept for e in ex.entities)
+
+
+def test_dev_split_is_seeded_and_disjoint() -> None:
+    ex = synth_examples(20)
+    a_train, a_dev = split_train_dev(ex, 0.2, seed=3)
+    b_train, b_dev = split_train_dev(ex, 0.2, seed=3)
+    assert [e.id for e in a_dev] == [e.id for e in b_dev] and len(a_dev) == 4
+    assert not {e.id for e in a_train} & {e.id for e in a_dev}
+    assert split_train_dev(ex, 0.0, seed=3) == (ex, [])
+
+
+def test_real_datasets_read_and_report(datasets_dir, tokenizer) -> None:
+    from tuning.data import load_examples, subset
+
+    conll = subset(load_examples(datasets_dir / "conll2003" / "eng.testa"), 50, seed=0)
+    cluener = subset(load_examples(datasets_dir / "cluener" / "dev.jsonl"), 50, seed=0)
+    for examples, card in ((conll, CARD), (cluener, ZH)):
+        eot = end_of_turn(tokenizer, card)
+        rep = report_causal("dev", examples, encode_causal(tokenizer, card, examples, eot), card, DataArgs())
+        assert rep.examples == 50 and rep.lengths.p50 > 0 and set(rep.labels) == set(card.labels.names)

@@ -1,0 +1,188 @@
+"""Training runs of examples/tune/tiny_test.yaml on a tiny random Qwen2: loss, resume, methods, evaluation hook."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.tuning.conftest import EXAMPLES, tiny_overrides
+from tuning.config import ConfigError, load_config
+from tuning.methods import METHODS, MethodUnavailableError, get_method
+from tuning.run import tune
+from tuning.trainer import StopAtStep
+
+TINY = EXAMPLES / "tiny_test.yaml"
+
+
+def _log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def _adapter(run_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "final" / "adapter_model.safetensors"))
+
+
+def test_lora_steps_reduce_loss_and_write_the_run(tiny_causal_dir, synth_files, tmp_path) -> None:
+    run = tune(TINY, tiny_overrides(tiny_causal_dir, synth_files, tmp_path / "run", "--train.report_to",
+                                    "tensorboard"))
+    losses = [r["loss"] for r in _log(run) if "loss" in r]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    evals = [r["eval_loss"] for r in _log(run) if "eval_loss" in r]
+    assert len(evals) == 2 and evals[-1] < evals[0]
+    record = json.loads((run / "nerve_run.json").read_text())
+    assert record["status"] == "done" and record["global_step"] == 6 and record["method"] == "lora"
+    assert record["metric"] == "loss" and record["best_checkpoint"].endswith("checkpoint-6")
+    assert (run / "final" / "adapter_config.json").is_file() and (run / "final" / "nerve_task.json").is_file()
+    assert (run / "config.yaml").is_file() and (run / "nerve_task.json").is_file()
+    report = json.loads((run / "data_report.json").read_text())
+    assert report["train"]["examples"] == 24 and report["train"]["max_length"] % 16 == 0
+    assert list((run / "tb").rglob("events.out.tfevents*")), "no TensorBoard events"
+    assert load_config(run / "config.yaml").train.output_dir == str(tmp_path / "run")
+
+
+def test_resume_continues_at_the_right_step(tiny_causal_dir, synth_files, tmp_path) -> None:
+    """An interrupted run resumed from its checkpoint ends where an uninterrupted run ends, with the same weights."""
+    extra = ("--train.max_steps", "4", "--train.save_steps", "2", "--train.eval_steps", "2")
+    stopped = tune(TINY, tiny_overrides(tiny_causal_dir, synth_files, tmp_path / "a", *extra),
+                   callbacks=[StopAtStep(2)])
+    assert json.loads((stopped / "nerve_run.json").read_text())["status"] == "stopped"
+    assert (stopped / "checkpoint-2").is_dir() and not (stopped / "final").exists()
+    resumed = tune(TINY, tiny_overrides(tiny_causal_dir, synth_files, tmp_path / "a", *extra))
+    steps = [r["step"] for r in _log(resumed) if "loss" in r]
+    assert steps == [1, 2, 3, 4]  # steps 1-2 before the interruption, 3-4 after: none repeated, none skipped
+    state = json.loads((resumed / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+
+    straight = tune(TINY, tiny_overrides(tiny_causal_dir, synth_files, tmp_path / "b", *extra))
+    a, b = _adapter(resumed), _adapter(straight)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    with pytest.raises(ConfigError, match="already has checkpoints"):
+        tune(TINY, tiny_overrides(tiny_causal_dir, synth_files, tmp_path / "b", *extra, "--train.resume", "never"))
+
+
+def test_packed_full_finetuning_trains(tiny_causal_dir, synth_files, tmp_path) -> None:
+    run = tune(TINY, tiny_overrides(tiny_causal_dir, synth_files, tmp_path / "full", "--method.name", "full",
+                                    "--train.packing", "true", "--train.learning_rate", "1e-3",
+                                    "--train.max_steps", "4", "--train.eval_steps", "0", "--train.save_steps", "4"))
+    losses = [r["loss"] for r in _log(run) if "loss" in r]
+    assert losses[-1] < losses[0]
+    assert (run / "final" / "model.safetensors").is_file()
+    record = json.loads((run / "nerve_run.json").read_text())
+    assert record["metrics"]["dev"]["loss"] > 0  # evaluated once, at the end
+
+
+def test_freeze_trains_only_the_last_layers(tiny_causal_dir) -> None:
+    cfg = load_config(TINY, ["--method.name", "freeze", "--method.freeze_trainable_layers", "1"])
+    model = get_method("freeze").load(tiny_causal_dir, cfg)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("model.layers.1.") for n in trainable)
+    cfg = load_config(TINY, ["--method.name", "freeze", "--method.freeze_trainable_layers", "5"])
+    with pytest.raises(ConfigError, match="freeze_trainable_layers"):
+        get_method("freeze").load(tiny_causal_dir, cfg)
+
+
+def test_methods_registry() -> None:
+    assert {"full", "lora", "freeze", "qlora", "token-cls"} <= set(METHODS)
+    assert get_method("token-cls").kind == "token-cls" and get_method("lora").adapter
+    with pytest.raises(ConfigError, match="unknown method 'prefix'"):
+        get_method("prefix")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without CUDA")
+def test_qlora_gives_a_clear_error_here(tiny_causal_dir, synth_files, tmp_path) -> None:
+    with pytest.raises(MethodUnavailableError, match="qlora needs a CUDA GPU.*use method lora"):
+        tune(TINY, tiny_overrides(tiny_causal_dir, synth_files, tmp_path / "q", "--method.name", "qlora"))
+    assert not (tmp_path / "q").exists()  # refused before anything was written
+
+
+def test_engine_eval_picks_the_best_checkpoint_by_micro_f1(tiny_causal_dir, synth_files, tmp_path, monkeypatch,
+                                                           caplog) -> None:
+    """The eval hook exports a merged checkpoint, scores it, and the best micro-F1 checkpoint becomes final.
+
+    ``service.pipeline.evaluate_checkpoint`` is replaced by a stub scoring a scripted F1 per call (the real
+    engine runs in test_engine_eval_end_to_end); everything around it is real.
+    """
+    import service.pipeline
+    from ner.scoring import Scorer
+    from ner.types import Entity
+    from tuning import evaluation
+
+    seen: list[Path] = []
+    scripted = iter([0.9, 0.2])  # step 2 is better than step 4
+
+    def fake_evaluate_checkpoint(model_dir, examples, *, card=None, limit=None, progress=True, engine_config=None):
+        model_dir = Path(model_dir)
+        assert (model_dir / "model.safetensors").is_file() and (model_dir / "nerve_task.json").is_file()
+        assert engine_config.max_model_len == 8192
+        seen.append(model_dir)
+        f1 = next(scripted)
+        scorer = Scorer(labels=card.labels.names)
+        gold = [Entity(0, 10, "PER", "x" * 10)] * 1
+        hits = round(f1 * 10)
+        for i in range(10):
+            scorer.add(gold, gold if i < hits else [])
+        return scorer.report()
+
+    monkeypatch.setattr(service.pipeline, "evaluate_checkpoint", fake_evaluate_checkpoint)
+    monkeypatch.setattr(evaluation, "engine_unavailable_reason", lambda: None)
+    with caplog.at_level(logging.INFO, logger="nerve.tuning"):
+        run = tune(TINY, tiny_overrides(tiny_causal_dir, synth_files, tmp_path / "e", "--eval.with_engine", "true",
+                                        "--train.max_steps", "4", "--train.eval_steps", "2", "--train.save_steps", "2"))
+    assert len(seen) == 2
+    record = json.loads((run / "nerve_run.json").read_text())
+    assert record["metric"] == "micro_f1" and record["best_checkpoint"].endswith("checkpoint-2")
+    assert record["metrics"]["dev"]["micro_f1"] == pytest.approx(18 / 19)  # P 1, R 0.9
+    assert "engine span F1" in caplog.text
+    assert not list(run.glob(".eval-step-*"))  # temporary exports are cleaned up
+    card = json.loads((run / "final" / "nerve_task.json").read_text())
+    assert card["metrics"]["dev"]["micro_f1"] == pytest.approx(18 / 19)
+
+
+def test_engine_unavailable_falls_back_to_loss_with_a_log_line(tiny_causal_dir, synth_files, tmp_path, monkeypatch,
+                                                               caplog) -> None:
+    from tuning import evaluation
+
+    monkeypatch.setattr(evaluation, "engine_unavailable_reason", lambda: "vLLM is not installed")
+    with caplog.at_level(logging.INFO, logger="nerve.tuning"):
+        run = tune(TINY, tiny_overrides(tiny_causal_dir, synth_files, tmp_path / "f", "--eval.with_engine", "true",
+                                        "--train.max_steps", "2", "--train.eval_steps", "0",
+                                        "--train.save_steps", "2"))
+    assert "engine evaluation off: vLLM is not installed. Evaluating dev loss only" in caplog.text
+    assert json.loads((run / "nerve_run.json").read_text())["metric"] == "loss"
+
+
+@pytest.mark.engine
+def test_engine_eval_end_to_end_and_export_serves(loop_thread, tiny_causal_dir, synth_files, tmp_path) -> None:
+    """Eval during training (temporary merged export -> vLLM constrained greedy decoding -> span scores), then
+    `nerve export` of the LoRA run, served through the service's engine unchanged."""
+    from ner.card import TaskCard
+    from ner.readers import read_dataset
+    from service.pipeline import Extractor
+    from tests.conftest import start_engine
+    from tuning.export import export_checkpoint
+
+    run = tune(TINY, tiny_overrides(tiny_causal_dir, synth_files, tmp_path / "eng", "--eval.with_engine", "true",
+                                    "--train.max_steps", "2", "--train.eval_steps", "0", "--train.save_steps", "2"))
+    dev = json.loads((run / "nerve_run.json").read_text())["metrics"]["dev"]
+    assert dev["parse_rate"] == 1.0 and dev["examples"] == 6 and 0.0 <= dev["micro_f1"] <= 1.0
+
+    out = export_checkpoint(run, tmp_path / "served", progress=False)
+    card = TaskCard.load(out)
+    assert card.chat_template_sha256 and card.metrics["dev"]["parse_rate"] == 1.0
+    engine = start_engine(loop_thread, out)
+    try:
+        texts = [ex.text for ex in read_dataset(synth_files["dev"])]
+        results = loop_thread.run(Extractor(engine, card).extract_many(texts))
+    finally:
+        engine.close()
+    assert all(r.parsed for r in results), [r.raw for r in results]
+    for text, r in zip(texts, results, strict=True):
+        assert all(text[e.start:e.end] == e.text and e.label in card.labels.names for e in r.entities)

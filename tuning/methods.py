@@ -1,0 +1,240 @@
+"""Tuning methods as a registry of small classes (no ``if method == ...`` launcher).
+
+A method knows which model class it trains, how to load and prepare it, what it saves as the run's final
+model, and whether it can run here at all. Add one by subclassing :class:`Method` and decorating it with
+:func:`register`.
+
+Prefix tuning and p-tuning are deliberately absent: see docs/tuning.md ("Why no prefix tuning").
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from .config import ConfigError, TuneConfig
+
+logger = logging.getLogger("nerve.tuning")
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class MethodUnavailableError(RuntimeError):
+    """The method cannot run in this environment (missing hardware or package)."""
+
+
+def cuda_bf16() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def trainable_summary(model: nn.Module) -> str:
+    total = sum(p.numel() for p in model.parameters())
+    train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return f"{train:,} trainable of {total:,} parameters ({100 * train / max(total, 1):.2f}%)"
+
+
+class Method:
+    """Base class: a tuning method."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str] = "causal-lm"
+    """``causal-lm`` (served by the engine) or ``token-cls`` (encoder tagger)."""
+    summary: ClassVar[str] = ""
+    adapter: ClassVar[bool] = False
+    """Whether the run's final model is an adapter to merge at export."""
+
+    def check_available(self, cfg: TuneConfig) -> None:
+        """Raise :class:`MethodUnavailableError` when the method cannot run here."""
+
+    def train_dtype(self, cfg: TuneConfig) -> torch.dtype:
+        if cfg.model.dtype != "auto":
+            return _DTYPES[cfg.model.dtype]
+        return torch.float32
+
+    def load(self, model_path: Path, cfg: TuneConfig, **kw) -> nn.Module:
+        raise NotImplementedError
+
+    def _load_causal(self, model_path: Path, cfg: TuneConfig, **extra) -> nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        kwargs = {"dtype": self.train_dtype(cfg), "attn_implementation": cfg.model.attn_implementation, **extra}
+        model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+        model.config.use_cache = False
+        return model
+
+    def save_final(self, trainer, out_dir: Path, **kw) -> Path:
+        """Save the trained model (an adapter or full weights) with its tokenizer; called on every process.
+
+        ``Trainer.save_model`` is collective: it gathers DeepSpeed ZeRO-3 / FSDP shards and writes on the main
+        process (an adapter for PEFT models, the full weights otherwise).
+        """
+        trainer.save_model(str(out_dir))
+        return out_dir
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]()
+    except KeyError:
+        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}") from None
+
+
+# --- causal-LM methods ---------------------------------------------------------------------------------
+
+
+@register
+class Full(Method):
+    name = "full"
+    summary = "all weights trainable (float32 master weights; lr ~1e-5 to 5e-5)"
+
+    def load(self, model_path: Path, cfg: TuneConfig, **kw) -> nn.Module:
+        model = self._load_causal(model_path, cfg)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+
+
+def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The model's stack of transformer blocks: the longest ``ModuleList`` named ``layers``/``h``/``layer``."""
+    best: tuple[str, nn.ModuleList] | None = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and name.split(".")[-1] in {"layers", "h", "layer", "blocks"}:
+            if best is None or len(module) > len(best[1]):
+                best = (name, module)
+    if best is None:
+        raise ValueError("cannot find the transformer layers of this model for the freeze method")
+    return best
+
+
+@register
+class Freeze(Method):
+    name = "freeze"
+    summary = "only the last N transformer layers trainable (method.freeze_trainable_layers)"
+
+    def load(self, model_path: Path, cfg: TuneConfig, **kw) -> nn.Module:
+        model = self._load_causal(model_path, cfg)
+        n = cfg.method.freeze_trainable_layers
+        name, layers = decoder_layers(model)
+        if n == 0 or abs(n) > len(layers):
+            raise ConfigError(f"method.freeze_trainable_layers must be in [-{len(layers)}, {len(layers)}] and not 0")
+        chosen = range(len(layers) - n, len(layers)) if n > 0 else range(0, -n)
+        prefixes = tuple(f"{name}.{i}." for i in chosen)
+        extra = tuple(cfg.method.freeze_extra_modules)
+        for pname, p in model.named_parameters():
+            p.requires_grad_(pname.startswith(prefixes) or any(x in pname for x in extra))
+        if cfg.train.gradient_checkpointing:
+            model.enable_input_require_grads()
+        return model
+
+
+def _lora_targets(targets: list[str]) -> str | list[str]:
+    return "all-linear" if targets == ["all-linear"] else list(targets)
+
+
+@register
+class Lora(Method):
+    name = "lora"
+    summary = "low-rank adapters on the linear layers (lr ~1e-4 to 3e-4); merged at export"
+    adapter = True
+
+    def train_dtype(self, cfg: TuneConfig) -> torch.dtype:
+        if cfg.model.dtype != "auto":
+            return _DTYPES[cfg.model.dtype]
+        # The base is frozen: bf16 halves its memory on GPUs; the adapters stay float32 (PEFT's default).
+        return torch.bfloat16 if cuda_bf16() else torch.float32
+
+    def lora_config(self, cfg: TuneConfig):
+        from peft import LoraConfig, TaskType
+
+        m = cfg.method
+        return LoraConfig(task_type=TaskType.CAUSAL_LM, r=m.lora_r, lora_alpha=m.lora_alpha,
+                          lora_dropout=m.lora_dropout, target_modules=_lora_targets(m.target_modules))
+
+    def prepare_base(self, model: nn.Module, cfg: TuneConfig) -> nn.Module:
+        if cfg.train.gradient_checkpointing:
+            model.enable_input_require_grads()
+        return model
+
+    def load(self, model_path: Path, cfg: TuneConfig, **kw) -> nn.Module:
+        from peft import get_peft_model
+
+        model = self.prepare_base(self._load_causal(model_path, cfg), cfg)
+        return get_peft_model(model, self.lora_config(cfg))
+
+
+@register
+class QLora(Lora):
+    name = "qlora"
+    summary = "LoRA on a 4- or 8-bit quantized frozen base (CUDA + bitsandbytes only)"
+
+    def check_available(self, cfg: TuneConfig) -> None:
+        missing = []
+        if not torch.cuda.is_available():
+            missing.append("a CUDA GPU (torch.cuda.is_available() is False)")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            missing.append("the bitsandbytes package (pip install 'nerve[qlora]')")
+        if missing:
+            raise MethodUnavailableError(
+                "method qlora needs " + " and ".join(missing) + ". bitsandbytes quantization runs on NVIDIA GPUs "
+                "only; on this machine use method lora (same adapters on an unquantized base)."
+            )
+
+    def train_dtype(self, cfg: TuneConfig) -> torch.dtype:
+        return torch.bfloat16 if cuda_bf16() else torch.float16
+
+    def load(self, model_path: Path, cfg: TuneConfig, **kw) -> nn.Module:
+        from peft import get_peft_model, prepare_model_for_kbit_training
+        from transformers import BitsAndBytesConfig
+
+        self.check_available(cfg)
+        if cfg.method.qlora_bits == 4:
+            quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                       bnb_4bit_compute_dtype=self.train_dtype(cfg))
+        else:
+            quant = BitsAndBytesConfig(load_in_8bit=True)
+        model = self._load_causal(model_path, cfg, quantization_config=quant)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
+        return get_peft_model(model, self.lora_config(cfg))
+
+
+# --- token classification ------------------------------------------------------------------------------
+
+
+@register
+class TokenCls(Method):
+    name = "token-cls"
+    kind = "token-cls"
+    summary = "encoder + BIO token classification (softmax or CRF head; optional LoRA)"
+
+    def load(self, model_path: Path, cfg: TuneConfig, *, tags: list[str] | None = None, **kw) -> nn.Module:
+        from .encoder import build_tagger
+
+        if not tags:
+            raise ValueError("token-cls needs the tag list")
+        m = cfg.method
+        lora = None
+        if m.token_cls_lora:
+            targets = m.target_modules if m.target_modules != ["all-linear"] else ["query", "key", "value", "dense"]
+            lora = {"r": m.lora_r, "alpha": m.lora_alpha, "dropout": m.lora_dropout, "target_modules": targets}
+        return build_tagger(model_path, tags, crf=m.crf, lora=lora, dtype=self.train_dtype(cfg))
+
+    def save_final(self, trainer, out_dir: Path, *, max_length: int = 512, **kw) -> Path:
+        from .encoder import save_tagger
+
+        if trainer.is_world_process_zero():  # token-cls models are small: no sharded saving
+            save_tagger(trainer.accelerator.unwrap_model(trainer.model), trainer.processing_class, out_dir,
+                        max_length=max_length)
+        return out_dir

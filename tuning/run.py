@@ -1,0 +1,341 @@
+"""``tune(config_path, overrides) -> run_dir``: one tuning run from a config file.
+
+The run directory holds everything about the run::
+
+    config.yaml          the resolved config (overrides applied)
+    nerve_task.json      the task card (labels, template, chat-template hash)
+    data_report.json     entity counts, token lengths, max length, over-long / untaggable counts
+    checkpoint-N/        Trainer checkpoints (adapter or weights + optimizer state; resumable)
+    tb/                  TensorBoard logs;  log.jsonl: every log record
+    final/               the trained model: the best checkpoint when evaluating every N steps, else the last
+    nerve_run.json       the run record: method, base model, best checkpoint and metrics, final dir
+
+``tuning.export.export_checkpoint(run_dir, out_dir)`` turns it into a servable checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ner.card import CARD_FILENAME, TaskCard
+
+from .collate import ListDataset, PackedCollator, PaddingCollator, check_packing, pack_features
+from .config import ConfigError, TuneConfig, expand_path, load_config
+from .data import (
+    apply_max_length,
+    encode_causal,
+    end_of_turn,
+    generation_eos_ids,
+    load_splits,
+    report_causal,
+    resolve_card,
+    restrict_labels,
+)
+from .export import RUN_FILENAME
+from .methods import cuda_bf16, get_method, trainable_summary
+
+logger = logging.getLogger("nerve.tuning")
+
+
+def tune(config_path: str | Path | None, overrides: Sequence[str] = (), *, callbacks: Sequence[Any] = (),
+         console=None) -> Path:
+    """Run the tuning described by ``config_path`` with ``--section.field value`` overrides; returns the run dir."""
+    return run_config(load_config(config_path, list(overrides)), callbacks=callbacks, console=console)
+
+
+def setup_logging(console=None) -> None:
+    if logger.handlers:
+        return
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=console, show_path=False, markup=False, rich_tracebacks=False)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def resume_checkpoint(run_dir: Path, resume: str) -> str | None:
+    """The checkpoint to resume from: ``auto`` (the last in ``run_dir``, if any), ``never`` or a path."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    existing = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+    if resume == "auto":
+        return existing
+    if resume == "never":
+        if existing is not None:
+            raise ConfigError(f"{run_dir} already has checkpoints ({Path(existing).name}); set train.resume: auto to "
+                              "continue it, or choose another train.output_dir")
+        return None
+    path = Path(expand_path(resume) or "")
+    if not path.is_dir():
+        raise ConfigError(f"train.resume: checkpoint {path} not found")
+    return str(path)
+
+
+def _warn_config_change(run_dir: Path, cfg: TuneConfig) -> None:
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    import yaml
+
+    old = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+    new = cfg.to_dict()
+    changed = [f"{s}.{k}: {old.get(s, {}).get(k)!r} -> {v!r}" for s, sec in new.items() for k, v in sec.items()
+               if old.get(s, {}).get(k) != v]
+    if changed:
+        logger.warning("resuming with a changed config: %s", "; ".join(changed))
+
+
+def training_arguments(cfg: TuneConfig, run_dir: Path, *, has_eval: bool, metric: str | None):
+    from transformers import TrainingArguments
+
+    t = cfg.train
+    evaluate_every = has_eval and t.eval_steps > 0
+    if evaluate_every and t.save_steps % t.eval_steps:
+        raise ConfigError(f"train.save_steps ({t.save_steps}) must be a multiple of train.eval_steps ({t.eval_steps}) "
+                          "so that the best checkpoint is saved")
+    if t.max_steps <= 0 and t.num_train_epochs <= 0:
+        raise ConfigError("set train.max_steps > 0 or train.num_train_epochs > 0")
+    bf16 = cuda_bf16() if t.bf16 is None else t.bf16
+    return TrainingArguments(
+        output_dir=str(run_dir),
+        seed=t.seed,
+        data_seed=t.seed,
+        learning_rate=t.learning_rate,
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        lr_scheduler_type=t.lr_scheduler_type,
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if evaluate_every else "no",
+        eval_steps=t.eval_steps if evaluate_every else None,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=evaluate_every,
+        metric_for_best_model=metric if has_eval else None,
+        greater_is_better=None if not has_eval else metric != "loss",
+        bf16=bool(bf16),
+        use_cpu=not torch.cuda.is_available(),
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=t.dataloader_num_workers,
+        deepspeed=expand_path(t.deepspeed) if t.deepspeed else None,
+        prediction_loss_only=True,
+        remove_unused_columns=False,
+        label_names=["labels"],
+    )
+
+
+def run_config(cfg: TuneConfig, *, callbacks: Sequence[Any] = (), console=None) -> Path:
+    """Run a tuning config (see :func:`tune`)."""
+    from transformers import AutoTokenizer
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from nerve.models import resolve_model
+
+    from .encoder import TaggerEvaluator, bio_tags, encode_token_cls, report_token_cls
+    from .evaluation import EngineEvaluator, engine_unavailable_reason
+    from .trainer import EvaluateAtEnd, JsonlLog, NerveTrainer, RichProgress, TokenCounter, seed_everything, tensorboard_callback
+
+    setup_logging(console)
+    method = get_method(cfg.method.name)
+    method.check_available(cfg)
+    causal = method.kind == "causal-lm"
+    if cfg.train.packing and not causal:
+        raise ConfigError("train.packing applies to causal-LM methods only (token-cls pads per batch)")
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    run_dir = Path(expand_path(cfg.train.output_dir) or "runs/nerve-tune")
+    resume_from = resume_checkpoint(run_dir, cfg.train.resume)
+    if resume_from:
+        _warn_config_change(run_dir, cfg)
+        logger.info("resuming from %s", resume_from)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.train.seed)
+    main_process = int(os.environ.get("RANK", "0")) == 0
+
+    model_path = resolve_model(cfg.model.name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    # --- data --------------------------------------------------------------------------------------------
+    train_ex, dev_ex = load_splits(cfg.data)
+    base_card = TaskCard.load(model_path) if (model_path / CARD_FILENAME).is_file() else None
+    card = resolve_card(cfg.data, train_ex, base_card=base_card if causal else None)
+    train_ex, dropped = restrict_labels(train_ex, card.labels.names, cfg.data.unknown_labels, "train")
+    dev_ex, dropped_dev = restrict_labels(dev_ex, card.labels.names, cfg.data.unknown_labels, "dev")
+    card = replace(card, base_model=cfg.model.name_or_path)
+    tags: list[str] | None = None
+    if causal:
+        card = card.with_chat_template(tokenizer.chat_template)
+        eot = end_of_turn(tokenizer, card, generation_eos_ids(model_path))
+        encoded = encode_causal(tokenizer, card, train_ex, eot)
+        report = report_causal("train", train_ex, encoded, card, cfg.data, dropped_entities=dropped)
+        max_len = report.max_length
+        train_enc, over = apply_max_length(encoded, max_len, cfg.data.overlength)
+        train_feats = [e.as_feature() for e in train_enc]
+        dev_encoded = encode_causal(tokenizer, card, dev_ex, eot)
+        dev_report = report_causal("dev", dev_ex, dev_encoded, card, cfg.data, max_len, dropped_dev) if dev_ex else None
+        dev_feats = [e.as_feature() for e in apply_max_length(dev_encoded, max_len, cfg.data.overlength)[0]]
+        if over:
+            logger.warning("%d of %d training examples are longer than max_length %d tokens: %s", over,
+                           len(encoded), max_len, "dropped" if cfg.data.overlength == "drop" else "truncated")
+        logger.info("end of answer: %r (ids %s)%s", eot.marker, list(eot.marker_ids),
+                    f" + eos {eot.append_eos}" if eot.append_eos is not None else "")
+    else:
+        card = replace(card, chat_template_sha256=None)
+        tags = bio_tags(card.labels.names)
+        report = report_token_cls("train", train_ex, tokenizer, card, cfg.data, dropped_entities=dropped)
+        max_len = report.max_length
+        train_feats = encode_token_cls(tokenizer, train_ex, tags, max_len)
+        dev_report = report_token_cls("dev", dev_ex, tokenizer, card, cfg.data, max_len, dropped_dev) if dev_ex else None
+        dev_feats = encode_token_cls(tokenizer, dev_ex, tags, max_len) if dev_ex else []
+        if report.overlength:
+            logger.warning("%d of %d training texts are longer than max_length %d tokens: truncated (entities past "
+                           "the cut: %d)", report.overlength, len(train_ex), max_len, report.untaggable["truncated"])
+    if not train_feats:
+        raise ConfigError("no training examples left after the length policy")
+    if main_process:
+        (run_dir / "data_report.json").write_text(json.dumps(
+            {"train": report.to_dict(), "dev": dev_report.to_dict() if dev_report else None}, indent=2,
+            ensure_ascii=False) + "\n", encoding="utf-8")
+        if cfg.train.progress:
+            report.print(console)
+
+    # --- evaluation --------------------------------------------------------------------------------------
+    evaluator = None
+    if dev_ex and not causal:
+        evaluator = TaggerEvaluator(dev_ex, tokenizer, tags, card.labels.names, max_len, limit=cfg.eval.max_examples)
+    elif dev_ex and cfg.eval.with_engine:
+        reason = engine_unavailable_reason()
+        if reason:
+            logger.warning("engine evaluation off: %s. Evaluating dev loss only; best checkpoint by lowest dev loss.",
+                           reason)
+        else:
+            evaluator = EngineEvaluator(dev_ex, card, limit=cfg.eval.max_examples, export_dtype=cfg.model.export_dtype,
+                                        progress=cfg.train.progress)
+    elif dev_ex:
+        logger.info("eval.with_engine is false: evaluating dev loss only; best checkpoint by lowest dev loss.")
+    if not dev_ex:
+        logger.info("no dev set (data.dev_file / data.dev_ratio): no evaluation; the final model is the last step's.")
+    elif evaluator is not None:
+        logger.info("evaluation: %s; best checkpoint by %s", evaluator.description, cfg.eval.metric)
+    metric = cfg.eval.metric if evaluator is not None else "loss"
+
+    # TrainingArguments before the model: under DeepSpeed ZeRO-3 this makes from_pretrained partition the weights.
+    args = training_arguments(cfg, run_dir, has_eval=bool(dev_feats), metric=metric)
+
+    # --- model -------------------------------------------------------------------------------------------
+    model = method.load(model_path, cfg, tags=tags)
+    logger.info("method %s: %s", method.name, trainable_summary(model))
+    pad = tokenizer.pad_token_id
+    if cfg.train.packing:
+        check_packing(model, train_feats, pad)
+        train_ds = ListDataset(pack_features(train_feats, max_len))
+        eval_ds = ListDataset(pack_features(dev_feats, max_len)) if dev_feats else None
+        collator = PackedCollator(pad)
+        logger.info("packing: %d examples in %d rows of <= %d tokens (%.0f%% filled)", len(train_feats),
+                    len(train_ds), max_len,
+                    100 * sum(len(f["input_ids"]) for f in train_feats) / (len(train_ds) * max_len))
+    else:
+        train_ds = ListDataset(train_feats)
+        eval_ds = ListDataset(dev_feats) if dev_feats else None
+        collator = PaddingCollator(pad)
+
+    # --- training ----------------------------------------------------------------------------------------
+    counter = TokenCounter()
+    progress = RichProgress(counter, console, args.world_size) if cfg.train.progress else None
+    cbs: list[Any] = [EvaluateAtEnd(eval_ds is not None), JsonlLog(run_dir / "log.jsonl"), *callbacks]
+    if "tensorboard" in cfg.train.report_to:
+        cbs.append(tensorboard_callback(run_dir / "tb"))
+    if progress is not None:
+        cbs.append(progress)
+    trainer = NerveTrainer(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
+        processing_class=tokenizer, callbacks=cbs, task_evaluator=evaluator, causal=causal,
+        selective_logits=causal and cfg.train.selective_logits, token_counter=counter,
+    )
+    for cb in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(cb)
+
+    run_record: dict[str, Any] = {
+        "status": "training", "method": method.name, "kind": method.kind, "base_model": cfg.model.name_or_path,
+        "base_model_path": str(model_path), "final_dir": "final", "max_length": max_len,
+        "card": card.to_dict(),
+    }
+    if main_process:
+        cfg.save(run_dir / "config.yaml")
+        card.save(run_dir)
+        _write_run(run_dir, run_record)
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    finally:
+        if progress is not None:
+            progress.close()
+    if trainer.state.global_step < trainer.state.max_steps and trainer.control.should_training_stop:
+        logger.warning("training stopped at step %d of %d", trainer.state.global_step, trainer.state.max_steps)
+        run_record["status"] = "stopped"
+        if main_process:
+            _write_run(run_dir, {**run_record, "global_step": trainer.state.global_step})
+        return run_dir
+
+    # --- the final model ---------------------------------------------------------------------------------
+    state = trainer.state
+    best_metrics = _metrics_at(state.log_history, state.best_model_checkpoint)
+    run_record.update({
+        "status": "done", "global_step": state.global_step, "metric": metric if eval_ds is not None else None,
+        "best_metric": state.best_metric, "best_checkpoint": state.best_model_checkpoint,
+        "metrics": {"dev": best_metrics} if best_metrics else {},
+    })
+    final_dir = run_dir / "final"
+    method.save_final(trainer, final_dir, max_length=max_len)
+    if main_process:
+        replace(card, metrics=run_record["metrics"]).save(final_dir)
+        _write_run(run_dir, run_record)
+        logger.info("run finished at step %d; final model in %s%s", state.global_step, final_dir,
+                    f" (best {metric} {state.best_metric:.4g} at {Path(state.best_model_checkpoint).name})"
+                    if state.best_model_checkpoint and state.best_metric is not None else "")
+    return run_dir
+
+
+def _write_run(run_dir: Path, record: dict[str, Any]) -> None:
+    (run_dir / RUN_FILENAME).write_text(json.dumps(record, indent=2, ensure_ascii=False, default=str) + "\n",
+                                        encoding="utf-8")
+
+
+def _metrics_at(history: list[dict[str, Any]], checkpoint: str | None) -> dict[str, float]:
+    """Evaluation metrics logged at the best checkpoint's step (else the last evaluation's)."""
+    evals = [h for h in history if any(k.startswith("eval_") for k in h)]
+    if not evals:
+        return {}
+    step = None
+    if checkpoint:
+        try:
+            step = int(Path(checkpoint).name.rsplit("-", 1)[1])
+        except (IndexError, ValueError):
+            step = None
+    merged: dict[str, float] = {}
+    chosen = [h for h in evals if h.get("step") == step] or [h for h in evals if h.get("step") == evals[-1]["step"]]
+    for h in chosen:
+        merged.update({k[5:]: v for k, v in h.items() if k.startswith("eval_") and isinstance(v, int | float)
+                       and not k.endswith(("_runtime", "_per_second", "_task_seconds"))})
+    merged["step"] = chosen[0].get("step")
+    return merged
