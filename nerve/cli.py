@@ -112,18 +112,17 @@ def extract(
     grounded: GroundedOpt = False,
 ) -> None:
     """Extract entities; prints one JSON line per input (entities with label, text, start, end)."""
-    from service.pipeline import Extractor, InputError, run_sync
+    from service.pipeline import InputError, run_with_extractor
 
     inputs = _read_inputs(texts or [], file)
     _, card, cfg = _engine_setup(model, task, backend, max_model_len)
     label_list = [x.strip() for x in labels.split(",")] if labels else None
 
-    async def body(engine):
-        ex = Extractor(engine, card, grounded=grounded)
+    async def body(ex):
         return await ex.extract_many(inputs, labels=label_list)
 
     try:
-        results = run_sync(body, cfg)
+        results = run_with_extractor(body, cfg, card, grounded=grounded)
     except (InputError, ValueError) as exc:
         fail(str(exc))
     for text, r in zip(inputs, results, strict=True):
@@ -150,7 +149,7 @@ def evaluate_cmd(
 ) -> None:
     """Score a model on gold data: strict entity P/R/F1 per type, micro/macro, exact match, parse rate."""
     from ner.readers import DatasetFormatError, read_dataset
-    from service.pipeline import Extractor, Limits, evaluate, run_sync
+    from service.pipeline import Limits, evaluate, run_with_extractor
 
     from .reports import write_report
 
@@ -176,14 +175,16 @@ def evaluate_cmd(
 
     t0 = time.perf_counter()
 
-    async def body(engine):
-        ex = Extractor(engine, card, limits=Limits(max_text_chars=1 << 20), grounded=grounded)
+    async def body(ex):
         with Progress(TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       TimeRemainingColumn(), console=err) as bar:
             tid = bar.add_task("eval", total=len(examples))
             return await evaluate(ex, examples, on_progress=lambda d, t: bar.update(tid, completed=d))
 
-    res = run_sync(body, cfg)
+    try:
+        res = run_with_extractor(body, cfg, card, limits=Limits(max_text_chars=1 << 20), grounded=grounded)
+    except ValueError as exc:
+        fail(str(exc))
     wall = time.perf_counter() - t0
     name = name or f"{Path(str(path)).name}-{data.stem}"
     meta = {"model": str(path), "data": str(data), "examples": len(examples), "task": card.name,

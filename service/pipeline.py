@@ -256,6 +256,32 @@ def run_sync(coro_factory: Callable[[VllmEngine], Any], engine_config: EngineCon
     return asyncio.run(main())
 
 
+def run_with_extractor(body: Callable[[Any], Any], engine_config: EngineConfig, card: TaskCard, *,
+                       limits: Limits | None = None, grounded: bool = False) -> Any:
+    """Load ``engine_config.model`` and run ``body(extractor)`` to completion, then release the engine.
+
+    A token-classification checkpoint (``nerve tune --method token-cls``) gets the encoder engine and its
+    extractor, anything else vLLM and :class:`Extractor`; both have the same interface.
+    """
+    from .encoder_engine import EncoderConfig, EncoderEngine, EncoderExtractor, is_encoder_checkpoint
+
+    async def main() -> Any:
+        if is_encoder_checkpoint(engine_config.model):
+            if grounded:
+                raise ValueError("grounded decoding applies to generative models, not to a token classifier")
+            engine: Any = await EncoderEngine.start(EncoderConfig(model=engine_config.model))
+            extractor: Any = EncoderExtractor(engine, card, limits=limits)
+        else:
+            engine = await VllmEngine.start(engine_config)
+            extractor = Extractor(engine, card, limits=limits, grounded=grounded)
+        try:
+            return await body(extractor)
+        finally:
+            engine.close()
+
+    return asyncio.run(main())
+
+
 def evaluate_checkpoint(model_dir: str | Path, examples: Sequence[Example], *, card: TaskCard | None = None,
                         limit: int | None = None, progress: bool = True,
                         engine_config: EngineConfig | None = None) -> ScoreReport:

@@ -124,3 +124,27 @@ def test_deadline_is_honoured(tagger_server) -> None:
     with pytest.raises(grpc.RpcError) as err:
         running.stub.Extract(spb.ExtractRequest(text=examples[0].text), timeout=0.0001)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and time.perf_counter() - t0 < 5
+
+
+def test_cli_extract_and_eval_use_the_encoder(exported_tagger, tmp_path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from nerve.cli import app
+
+    path, examples = exported_tagger
+    data = write_jsonl(tmp_path / "gold.jsonl", examples)
+    runner = CliRunner()
+    res = runner.invoke(app, ["extract", "--model", str(path), examples[0].text])
+    assert res.exit_code == 0, res.output
+    line = json.loads(res.stdout.strip().splitlines()[-1])
+    assert [(e["label"], e["start"], e["end"]) for e in line["entities"]] == [
+        (e.label, e.start, e.end) for e in examples[0].entities]
+    res = runner.invoke(app, ["eval", "--model", str(path), "--data", str(data), "--out", str(tmp_path / "rep"),
+                              "--name", "tagger"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "rep" / "tagger.json").read_text())
+    assert report["micro"]["f1"] == 1.0 and report["parse_rate"] == 1.0 and (tmp_path / "rep" / "tagger.png").is_file()
+    res = runner.invoke(app, ["eval", "--model", str(path), "--data", str(data), "--grounded"])
+    assert res.exit_code == 2 and "token classifier" in res.output
