@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from ner.card import TaskCard
 from ner.labels import LabelSet
 from ner.types import Entity
 
-from .pipeline import ExtractionResult, InputError, Limits, Usage, _check_text
+from .pipeline import ExtractionResult, ExtractorBase, InputError, Limits, Usage, _check_text
 
 log = logging.getLogger("nerve.encoder")
 
@@ -142,7 +142,7 @@ class EncoderEngine:
                 p.future.set_exception(RuntimeError("the encoder engine closed"))
 
 
-class EncoderExtractor:
+class EncoderExtractor(ExtractorBase):
     """Extraction with an :class:`EncoderEngine`, with the interface of :class:`service.pipeline.Extractor`."""
 
     grounded = False
@@ -155,14 +155,6 @@ class EncoderExtractor:
         self.engine = engine
         self.card = card
         self.limits = limits or Limits()
-
-    def labels_for(self, labels: Sequence[str] | None) -> LabelSet:
-        if not labels:
-            return self.card.labels
-        try:
-            return self.card.labels.subset(list(dict.fromkeys(labels)))
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
 
     def prepare(self, text: str, labels: Sequence[str] | None = None, max_entities: int | None = None) -> LabelSet:
         _check_text(text, self.limits)
@@ -183,26 +175,6 @@ class EncoderExtractor:
         usage = Usage(prompt_tokens=len(self.engine.tokenizer.tokenize(text)), completion_tokens=0,
                       queue_seconds=queued, engine_seconds=took, total_seconds=time.perf_counter() - started)
         return ExtractionResult(entities, raw, True, finish_reason="stop", usage=usage)
-
-    async def extract_many(self, texts: Sequence[str], *, labels: Sequence[str] | None = None,
-                           max_entities: int | None = None,
-                           on_result: Callable[[int, ExtractionResult], None] | None = None) -> list[ExtractionResult]:
-        for t in texts:
-            self.prepare(t, labels, max_entities)
-
-        async def one(i: int, t: str) -> ExtractionResult:
-            r = await self.extract(t, labels=labels, max_entities=max_entities)
-            if on_result is not None:
-                on_result(i, r)
-            return r
-
-        tasks = [asyncio.ensure_future(one(i, t)) for i, t in enumerate(texts)]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            raise
 
     async def warm_up(self) -> None:
         await self.extract("Warm-up sentence: Alice Smith visited Paris.")

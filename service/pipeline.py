@@ -81,7 +81,55 @@ def _check_text(text: str, limits: Limits) -> None:
         raise InputError("text contains unpaired surrogate code points")
 
 
-class Extractor:
+class ExtractorBase:
+    """What every extractor shares: label subsets and concurrent extraction of many texts.
+
+    Subclasses have ``card`` and implement ``prepare`` (validation) and ``extract``.
+    """
+
+    card: TaskCard
+
+    def labels_for(self, labels: Sequence[str] | None) -> LabelSet:
+        if not labels:
+            return self.card.labels
+        try:
+            return self.card.labels.subset(list(dict.fromkeys(labels)))
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+
+    def prepare(self, text: str, labels: Sequence[str] | None = None, max_entities: int | None = None) -> Any:
+        raise NotImplementedError
+
+    async def extract(self, text: str, *, labels: Sequence[str] | None = None, max_entities: int | None = None,
+                      request_id: str | None = None) -> ExtractionResult:
+        raise NotImplementedError
+
+    async def extract_many(self, texts: Sequence[str], *, labels: Sequence[str] | None = None,
+                           max_entities: int | None = None,
+                           on_result: Callable[[int, ExtractionResult], None] | None = None) -> list[ExtractionResult]:
+        """Submit all texts at once (the engine batches them) and return results in input order.
+
+        Every text is validated before anything is submitted, so a bad input fails the call as a whole.
+        """
+        for t in texts:
+            self.prepare(t, labels, max_entities)
+
+        async def one(i: int, t: str) -> ExtractionResult:
+            r = await self.extract(t, labels=labels, max_entities=max_entities)
+            if on_result is not None:
+                on_result(i, r)
+            return r
+
+        tasks = [asyncio.ensure_future(one(i, t)) for i, t in enumerate(texts)]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            raise
+
+
+class Extractor(ExtractorBase):
     """Entity extraction over one engine and one task card."""
 
     def __init__(self, engine: VllmEngine, card: TaskCard, *, limits: Limits | None = None, constrained: bool = True,
@@ -103,14 +151,6 @@ class Extractor:
         self.constrained = constrained
         self.grounded = grounded
         self._schemas_seen: set[str] = set()
-
-    def labels_for(self, labels: Sequence[str] | None) -> LabelSet:
-        if not labels:
-            return self.card.labels
-        try:
-            return self.card.labels.subset(list(dict.fromkeys(labels)))
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
 
     def prepare(self, text: str, labels: Sequence[str] | None = None, max_entities: int | None = None) -> Prepared:
         _check_text(text, self.limits)
@@ -162,30 +202,6 @@ class Extractor:
         out = await self.engine.generate(prepared.request, request_id)
         return self.finish(text, prepared, out, started, new_schema)
 
-    async def extract_many(self, texts: Sequence[str], *, labels: Sequence[str] | None = None,
-                           max_entities: int | None = None,
-                           on_result: Callable[[int, ExtractionResult], None] | None = None) -> list[ExtractionResult]:
-        """Submit all texts at once (vLLM batches them) and return results in input order.
-
-        Every text is validated before anything is submitted, so a bad input fails the call as a whole.
-        """
-        for t in texts:
-            self.prepare(t, labels, max_entities)
-
-        async def one(i: int, t: str) -> ExtractionResult:
-            r = await self.extract(t, labels=labels, max_entities=max_entities)
-            if on_result is not None:
-                on_result(i, r)
-            return r
-
-        tasks = [asyncio.ensure_future(one(i, t)) for i, t in enumerate(texts)]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            raise
-
     async def warm_up(self) -> None:
         """One generation per input-length bucket, so common grammars are compiled before traffic."""
         probe = "Warm-up sentence: Alice Smith visited Paris."
@@ -200,7 +216,7 @@ class EvaluationResult:
     predictions: list[ExtractionResult]
 
 
-async def evaluate(extractor: Extractor, examples: Sequence[Example], *,
+async def evaluate(extractor: ExtractorBase, examples: Sequence[Example], *,
                    on_progress: Callable[[int, int], None] | None = None) -> EvaluationResult:
     """Score the extractor on gold examples with the shared scorer (strict span P/R/F1)."""
     scorer = Scorer(labels=extractor.card.labels.names)

@@ -286,7 +286,7 @@ def run_config(cfg: TuneConfig, *, callbacks: Sequence[Any] = (), console=None) 
         card.save(run_dir)
         _write_run(run_dir, run_record)
     try:
-        trainer.train(resume_from_checkpoint=resume_from)
+        output = trainer.train(resume_from_checkpoint=resume_from)
     finally:
         if progress is not None:
             progress.close()
@@ -304,6 +304,7 @@ def run_config(cfg: TuneConfig, *, callbacks: Sequence[Any] = (), console=None) 
         "status": "done", "global_step": state.global_step, "metric": metric if eval_ds is not None else None,
         "best_metric": state.best_metric, "best_checkpoint": state.best_model_checkpoint,
         "metrics": {"dev": best_metrics} if best_metrics else {},
+        "resources": _resources(output.metrics.get("train_runtime"), counter.total, args.world_size),
     })
     final_dir = run_dir / "final"
     method.save_final(trainer, final_dir, max_length=max_len)
@@ -314,6 +315,19 @@ def run_config(cfg: TuneConfig, *, callbacks: Sequence[Any] = (), console=None) 
                     f" (best {metric} {state.best_metric:.4g} at {Path(state.best_model_checkpoint).name})"
                     if state.best_model_checkpoint and state.best_metric is not None else "")
     return run_dir
+
+
+def _resources(runtime: float | None, tokens: int, world_size: int) -> dict[str, Any]:
+    """Wall time, training tokens (this process, times the world size), tokens/s and peak memory of the run."""
+    import resource
+
+    out: dict[str, Any] = {"train_seconds": round(runtime, 1) if runtime else None,
+                           "train_tokens": tokens * world_size,
+                           "tokens_per_second": round(tokens * world_size / runtime, 1) if runtime else None,
+                           "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+    if torch.cuda.is_available():
+        out["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return out
 
 
 def _write_run(run_dir: Path, record: dict[str, Any]) -> None:

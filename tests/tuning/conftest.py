@@ -134,3 +134,14 @@ def tiny_overrides(model_dir: Path, files: dict[str, Path], out: Path, *extra: s
     """Overrides that point examples/tune/tiny_test.yaml at the tiny model and the synthetic data."""
     return ["--model.name_or_path", str(model_dir), "--data.train_file", str(files["train"]),
             "--data.dev_file", str(files["dev"]), "--train.output_dir", str(out), *extra]
+
+
+def overfit_tagger(model_dir: Path, examples: list[Example], tmp: Path, steps: int = 30) -> Path:
+    """Train a tiny CRF tagger on ``examples`` (also its dev set) until it reproduces them; returns the run dir."""
+    from tuning.run import tune
+
+    files = {"train": write_jsonl(tmp / "t.jsonl", examples), "dev": write_jsonl(tmp / "d.jsonl", examples)}
+    return tune(EXAMPLES / "tiny_test.yaml", tiny_overrides(
+        model_dir, files, tmp / "run", "--method.name", "token-cls", "--method.crf", "true", "--train.max_steps",
+        str(steps), "--train.eval_steps", "0", "--train.save_steps", str(steps), "--train.learning_rate", "5e-3",
+        "--train.per_device_train_batch_size", str(len(examples)), "--train.logging_steps", "20"))

@@ -139,15 +139,11 @@ def test_token_cls_variants_train_and_extract(tiny_bert_dir, synth_files, tmp_pa
 
 def test_token_cls_learns_entities_with_exact_offsets(tiny_bert_dir, tmp_path) -> None:
     """Overfit a tiny tagger on a few sentences: it must give back their entities at the exact offsets."""
-    from tests.tuning.conftest import write_jsonl
+    from tests.tuning.conftest import overfit_tagger
     from tuning.export import export_checkpoint
 
     examples = synth_examples(5, seed=4)
-    files = {"train": write_jsonl(tmp_path / "t.jsonl", examples), "dev": write_jsonl(tmp_path / "d.jsonl", examples)}
-    run = tune(TINY, tiny_overrides(tiny_bert_dir, files, tmp_path / "run", "--method.name", "token-cls",
-                                    "--method.crf", "true", "--train.max_steps", "30", "--train.eval_steps", "0",
-                                    "--train.save_steps", "30", "--train.learning_rate", "5e-3",
-                                    "--train.per_device_train_batch_size", "5", "--train.logging_steps", "20"))
+    run = overfit_tagger(tiny_bert_dir, examples, tmp_path)
     extractor = EncoderExtractor(run / "final")
     preds = extractor.extract([ex.text for ex in examples])
     assert preds == [ex.entities for ex in examples]

@@ -8,24 +8,17 @@ import time
 import grpc
 import pytest
 
-from tests.tuning.conftest import EXAMPLES, synth_examples, tiny_overrides, write_jsonl
-
-TINY = EXAMPLES / "tiny_test.yaml"
+from tests.tuning.conftest import overfit_tagger, synth_examples, write_jsonl
 
 
 @pytest.fixture(scope="module")
 def exported_tagger(tiny_bert_dir, tmp_path_factory):
     """A tiny CRF tagger overfit on five sentences, exported like a user would."""
     from tuning.export import export_checkpoint
-    from tuning.run import tune
 
     tmp = tmp_path_factory.mktemp("tagger")
     examples = synth_examples(5, seed=4)
-    files = {"train": write_jsonl(tmp / "t.jsonl", examples), "dev": write_jsonl(tmp / "d.jsonl", examples)}
-    run = tune(TINY, tiny_overrides(tiny_bert_dir, files, tmp / "run", "--method.name", "token-cls",
-                                    "--method.crf", "true", "--train.max_steps", "30", "--train.eval_steps", "0",
-                                    "--train.save_steps", "30", "--train.learning_rate", "5e-3",
-                                    "--train.per_device_train_batch_size", "5", "--train.logging_steps", "20"))
+    run = overfit_tagger(tiny_bert_dir, examples, tmp)
     return export_checkpoint(run, tmp / "export", progress=False), examples
 
 

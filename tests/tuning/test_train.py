@@ -38,6 +38,9 @@ def test_lora_steps_reduce_loss_and_write_the_run(tiny_causal_dir, synth_files, 
     record = json.loads((run / "nerve_run.json").read_text())
     assert record["status"] == "done" and record["global_step"] == 6 and record["method"] == "lora"
     assert record["metric"] == "loss" and record["best_checkpoint"].endswith("checkpoint-6")
+    res = record["resources"]
+    assert res["train_tokens"] > 0 and res["train_seconds"] > 0 and res["peak_rss_gib"] > 0.1
+    assert res["tokens_per_second"] == pytest.approx(res["train_tokens"] / res["train_seconds"], rel=0.05)
     assert (run / "final" / "adapter_config.json").is_file() and (run / "final" / "nerve_task.json").is_file()
     assert (run / "config.yaml").is_file() and (run / "nerve_task.json").is_file()
     report = json.loads((run / "data_report.json").read_text())
