@@ -84,7 +84,10 @@ def stage_hf(model_dir: Path, n: int, max_new_tokens: int) -> None:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
     preds, parsed, hal, gen_tokens, raws = [], [], [], 0, []
     t0 = time.perf_counter()
-    for ex in track(examples, description="transformers generate, batch 1"):
+    for i, ex in enumerate(track(examples, description="transformers generate, batch 1"), 1):
+        if i % 25 == 0:
+            print(f"  [hf] {i}/{len(examples)} sentences, {gen_tokens} tokens, {time.perf_counter() - t0:.0f} s",
+                  flush=True)
         ids = tok(render_prompt(tok, card, ex.text), return_tensors="pt", add_special_tokens=False)
         with torch.inference_mode():
             out = model.generate(**ids, do_sample=False, max_new_tokens=max_new_tokens)

@@ -298,10 +298,23 @@ def run_with_extractor(body: Callable[[Any], Any], engine_config: EngineConfig, 
     return asyncio.run(main())
 
 
+@dataclass(slots=True)
+class CheckpointScore:
+    report: ScoreReport
+    """Constrained greedy decoding scored with the strict span scorer."""
+    stop_rate: float | None = None
+    """Share of probe answers that, decoded greedily *without* the schema, parse and end with the model's own end
+    token: a model that has not learnt to stop runs on after its JSON (constrained decoding hides that)."""
+
+
 def evaluate_checkpoint(model_dir: str | Path, examples: Sequence[Example], *, card: TaskCard | None = None,
-                        limit: int | None = None, progress: bool = True,
-                        engine_config: EngineConfig | None = None) -> ScoreReport:
-    """Load a checkpoint into vLLM and score it on ``examples`` under constrained greedy decoding."""
+                        limit: int | None = None, progress: bool = True, engine_config: EngineConfig | None = None,
+                        stop_probe: int = 16) -> CheckpointScore:
+    """Load a checkpoint into vLLM and score it on ``examples`` under constrained greedy decoding.
+
+    With ``stop_probe`` > 0 the first ``stop_probe`` examples are also decoded without the schema to measure
+    :attr:`CheckpointScore.stop_rate`.
+    """
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -315,15 +328,23 @@ def evaluate_checkpoint(model_dir: str | Path, examples: Sequence[Example], *, c
     examples = list(examples)[:limit] if limit else list(examples)
     cfg = engine_config or EngineConfig(model=str(model_dir))
     cfg.model = str(model_dir)
+    limits = Limits(max_text_chars=1 << 20)
 
-    async def body(engine: VllmEngine) -> ScoreReport:
-        extractor = Extractor(engine, card, limits=Limits(max_text_chars=1 << 20))
+    async def body(engine: VllmEngine) -> CheckpointScore:
+        extractor = Extractor(engine, card, limits=limits)
         if not progress:
-            return (await evaluate(extractor, examples)).report
-        with Progress(TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TimeRemainingColumn()) as bar:
-            task = bar.add_task("eval", total=len(examples))
-            res = await evaluate(extractor, examples, on_progress=lambda d, t: bar.update(task, completed=d))
-        return res.report
+            report = (await evaluate(extractor, examples)).report
+        else:
+            with Progress(TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          TimeRemainingColumn()) as bar:
+                task = bar.add_task("eval", total=len(examples))
+                report = (await evaluate(extractor, examples,
+                                         on_progress=lambda d, t: bar.update(task, completed=d))).report
+        stop_rate = None
+        probe = [e.text for e in examples[:stop_probe]]
+        if probe:
+            free = await Extractor(engine, card, limits=limits, constrained=False).extract_many(probe)
+            stop_rate = sum(r.parsed and r.finish_reason == "stop" for r in free) / len(free)
+        return CheckpointScore(report, stop_rate)
 
     return run_sync(body, cfg)

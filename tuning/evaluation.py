@@ -3,7 +3,9 @@
 At every evaluation the model being trained is saved (adapter or full weights), exported to a temporary merged
 checkpoint with :func:`tuning.export.export_checkpoint` (the same code as a real export, logits checked) and
 scored by :func:`service.pipeline.evaluate_checkpoint`: vLLM, constrained greedy decoding, strict span F1. So
-the number that picks the best checkpoint is the number the service will deliver.
+the number that picks the best checkpoint is the number the service will deliver. A few dev prompts are also
+decoded without the schema: ``stop_rate`` is the share whose answer parses and ends with the model's end token,
+the check that training taught the model to stop.
 
 When the engine cannot be imported (no vLLM here, or ``eval.with_engine: false``) the run evaluates dev loss
 only and says so in one log line; the best checkpoint is then the one with the lowest dev loss.
@@ -65,9 +67,15 @@ class EngineEvaluator:
         merged = Path(saved).parent / "merged"
         try:
             export_checkpoint(saved, merged, self.card, dtype=self.export_dtype, progress=False)
-            report = evaluate_checkpoint(merged, self.examples, card=TaskCard.load(merged), progress=self.progress,
-                                         engine_config=self.engine_config(merged))
-            return summarize(report.to_dict())
+            score = evaluate_checkpoint(merged, self.examples, card=TaskCard.load(merged), progress=self.progress,
+                                        engine_config=self.engine_config(merged))
+            metrics = summarize(score.report.to_dict())
+            if score.stop_rate is not None:
+                metrics["stop_rate"] = score.stop_rate
+                if score.stop_rate < 0.9:
+                    logger.warning("step %d: only %.0f%% of unconstrained answers parse and end with the end token;"
+                                   " the model has not learnt to stop yet", step, 100 * score.stop_rate)
+            return metrics
         finally:
             shutil.rmtree(merged, ignore_errors=True)
 

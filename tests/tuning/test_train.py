@@ -121,7 +121,8 @@ def test_engine_eval_picks_the_best_checkpoint_by_micro_f1(tiny_causal_dir, synt
     seen: list[Path] = []
     scripted = iter([0.9, 0.2])  # step 2 is better than step 4
 
-    def fake_evaluate_checkpoint(model_dir, examples, *, card=None, limit=None, progress=True, engine_config=None):
+    def fake_evaluate_checkpoint(model_dir, examples, *, card=None, limit=None, progress=True, engine_config=None,
+                                 stop_probe=16):
         model_dir = Path(model_dir)
         assert (model_dir / "model.safetensors").is_file() and (model_dir / "nerve_task.json").is_file()
         assert engine_config.max_model_len == 8192
@@ -132,7 +133,7 @@ def test_engine_eval_picks_the_best_checkpoint_by_micro_f1(tiny_causal_dir, synt
         hits = round(f1 * 10)
         for i in range(10):
             scorer.add(gold, gold if i < hits else [])
-        return scorer.report()
+        return service.pipeline.CheckpointScore(scorer.report(), stop_rate=0.5)
 
     monkeypatch.setattr(service.pipeline, "evaluate_checkpoint", fake_evaluate_checkpoint)
     monkeypatch.setattr(evaluation, "engine_unavailable_reason", lambda: None)
@@ -143,6 +144,7 @@ def test_engine_eval_picks_the_best_checkpoint_by_micro_f1(tiny_causal_dir, synt
     record = json.loads((run / "nerve_run.json").read_text())
     assert record["metric"] == "micro_f1" and record["best_checkpoint"].endswith("checkpoint-2")
     assert record["metrics"]["dev"]["micro_f1"] == pytest.approx(18 / 19)  # P 1, R 0.9
+    assert record["metrics"]["dev"]["stop_rate"] == 0.5 and "has not learnt to stop" in caplog.text
     assert "engine span F1" in caplog.text
     assert not list(run.glob(".eval-step-*"))  # temporary exports are cleaned up
     card = json.loads((run / "final" / "nerve_task.json").read_text())
@@ -176,6 +178,7 @@ def test_engine_eval_end_to_end_and_export_serves(loop_thread, tiny_causal_dir, 
                                     "--train.max_steps", "2", "--train.eval_steps", "0", "--train.save_steps", "2"))
     dev = json.loads((run / "nerve_run.json").read_text())["metrics"]["dev"]
     assert dev["parse_rate"] == 1.0 and dev["examples"] == 6 and 0.0 <= dev["micro_f1"] <= 1.0
+    assert 0.0 <= dev["stop_rate"] <= 1.0  # a random model rarely stops: measured, not assumed
 
     out = export_checkpoint(run, tmp_path / "served", progress=False)
     card = TaskCard.load(out)
@@ -189,3 +192,28 @@ def test_engine_eval_end_to_end_and_export_serves(loop_thread, tiny_causal_dir, 
     assert all(r.parsed for r in results), [r.raw for r in results]
     for text, r in zip(texts, results, strict=True):
         assert all(text[e.start:e.end] == e.text and e.label in card.labels.names for e in r.entities)
+
+
+def test_torchrun_data_parallel_on_cpu(tiny_causal_dir, synth_files, tmp_path) -> None:
+    """`torchrun --nproc_per_node 2 -m tuning ...`: two processes (gloo on CPU), one run record, one final model."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), "-m", "tuning", str(TINY),
+           *tiny_overrides(tiny_causal_dir, synth_files, run, "--train.max_steps", "2", "--train.eval_steps", "0",
+                           "--train.save_steps", "2", "--train.threads", "1")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(EXAMPLES.parents[1])}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=EXAMPLES.parents[1])
+    assert res.returncode == 0, res.stderr[-4000:]
+    record = json.loads((run / "nerve_run.json").read_text())
+    assert record["status"] == "done" and record["global_step"] == 2
+    assert record["resources"]["train_tokens"] > 0
+    assert (run / "final" / "adapter_config.json").is_file() and (run / "final" / "nerve_task.json").is_file()
+    assert sum("loss" in r for r in _log(run)) == 2  # logged once (main process), not once per rank
