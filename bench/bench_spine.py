@@ -169,12 +169,13 @@ def stage_vllm(model_dir: Path, n: int, backend: str = "xgrammar", stage: str = 
     save(stage, data)
 
 
-def stage_overhead(model_dir: Path, n: int, chunks: int = 4) -> None:
+def stage_overhead(model_dir: Path, n: int, chunks: int = 4, unbounded: bool = False) -> None:
     """Per-token cost of the schema: constrained runs vs unconstrained runs that generate exactly as many tokens.
 
     The sentences are split into chunks run alternately (constrained, then the same prompts unconstrained with
     ``ignore_eos`` and ``max_tokens`` equal to each constrained answer's length), so both modes do the same
-    prefill and decode work and share whatever else the machine is doing.
+    prefill and decode work and share whatever else the machine is doing. ``unbounded`` uses the schema without
+    its bounds (no ``maxItems``, no length limit on entity texts) to show what the bounds themselves cost.
     """
     from dataclasses import replace
 
@@ -194,6 +195,11 @@ def stage_overhead(model_dir: Path, n: int, chunks: int = 4) -> None:
             size = -(-len(examples) // chunks)
             for i in range(0, len(examples), size):
                 reqs = [ex.prepare(e.text).request for e in examples[i:i + size]]
+                if unbounded:
+                    from ner.schema import output_spec
+
+                    loose = output_spec(card.labels, card.bounds, items_in_schema=False).schema
+                    reqs = [replace(r, schema=loose) for r in reqs]
                 t0 = time.perf_counter()
                 outs = await asyncio.gather(*(engine.generate(r) for r in reqs))
                 t_con += time.perf_counter() - t0
@@ -205,13 +211,13 @@ def stage_overhead(model_dir: Path, n: int, chunks: int = 4) -> None:
                 assert [o.completion_tokens for o in outs] == [max(1, o.completion_tokens) for o in outs2]
                 tokens += sum(o.completion_tokens for o in outs)
                 print(f"  chunk {i // size}: constrained {t_con:.0f} s, unconstrained {t_unc:.0f} s", flush=True)
-            return {"sentences": len(examples), "chunks": chunks, "completion_tokens": tokens,
+            return {"sentences": len(examples), "chunks": chunks, "completion_tokens": tokens, "unbounded": unbounded,
                     "constrained_seconds": t_con, "unconstrained_seconds": t_unc,
                     "overhead": t_con / t_unc - 1}
         finally:
             engine.close()
 
-    save("overhead", asyncio.run(main()))
+    save("overhead-unbounded" if unbounded else "overhead", asyncio.run(main()))
 
 
 def stage_grounded(model_dir: Path, n: int) -> None:
@@ -286,11 +292,16 @@ def main() -> None:
             stage_hf(model_dir, args.n, args.max_new_tokens)
         elif stage == "vllm":
             stage_vllm(model_dir, args.n)
-        elif stage == "backends":
-            for b in ("guidance", "outlines"):
-                stage_vllm(model_dir, args.n, backend=b, stage=f"backend-{b}", unconstrained=False)
+        elif stage in ("backends", "backend-guidance", "backend-outlines"):
+            for b in ("guidance", "outlines") if stage == "backends" else (stage.split("-", 1)[1],):
+                try:
+                    stage_vllm(model_dir, args.n, backend=b, stage=f"backend-{b}", unconstrained=False)
+                except Exception as exc:  # noqa: BLE001 - a backend that cannot serve the schema is a result too
+                    save(f"backend-{b}", {"backend": b, "error": f"{type(exc).__name__}: {exc}"[:2000]})
         elif stage == "overhead":
             stage_overhead(model_dir, args.n)
+        elif stage == "overhead-unbounded":
+            stage_overhead(model_dir, args.n, unbounded=True)
         elif stage == "grounded":
             stage_grounded(model_dir, args.n)
         elif stage == "zeroshot":

@@ -24,6 +24,8 @@ from .labels import LabelSet
 
 TEXT_PATTERN = '^[^"\\\\\\x00-\\x1f]{1,%d}$'
 """Entity text: 1..L characters, none of which needs a JSON escape."""
+UNBOUNDED_TEXT_PATTERN = '^[^"\\\\\\x00-\\x1f]+$'
+"""The same without the length bound (regex-compiling backends only; see :func:`output_spec`)."""
 
 _LENGTH_BUCKET = 16
 _MAX_UTF8_BYTES = 4
@@ -53,9 +55,10 @@ def output_spec(labels: LabelSet, bounds: SchemaBounds, text: str | None = None,
     """The schema and ``max_tokens`` for ``text`` (or for any text when ``text`` is ``None``).
 
     ``max_entities`` may lower (never raise) the card's bound for one request. ``items_in_schema=False``
-    leaves ``maxItems`` out of the schema (the token budget still assumes it): regex-based backends
-    (outlines) unroll a bounded list into a state machine too large to compile, so with them a model that
-    never closes the list can run out of tokens; xgrammar and guidance keep the bound.
+    leaves the bounds out of the schema (``maxItems`` and the length of entity texts; the token budget still
+    assumes them): regex-based backends (outlines) unroll bounded repetitions into a state machine too large
+    to compile in vLLM's time limit, so with them a model that never closes a string or the list can run out
+    of tokens; xgrammar and guidance keep the bounds.
     """
     chars = bounds.max_entity_chars
     if text is not None:
@@ -90,6 +93,7 @@ def _spec(label_names: tuple[str, ...], items: int, chars: int, items_in_schema:
     }
     if not items_in_schema:
         del schema["properties"]["entities"]["maxItems"]
+        schema["properties"]["entities"]["items"]["properties"]["text"]["pattern"] = UNBOUNDED_TEXT_PATTERN
     return OutputSpec(schema=schema, max_tokens=worst_case_tokens(label_names, items, chars),
                       max_entities=items, max_entity_chars=chars)
 

@@ -169,10 +169,9 @@ class Extractor(ExtractorBase):
             )
         if self.grounded:
             grammar, max_tokens = grounded_grammar(text, label_set, self.card.bounds, max_entities)
-            if budget < max_tokens:
-                raise InputError(f"text too long for grounded decoding: {len(ids)} prompt tokens + {max_tokens}"
-                                 f" answer tokens exceed max_model_len {self.engine.max_model_len}")
-            return Prepared(GenerationRequest(ids, None, max_tokens, grammar), None, label_set)
+            # Entity texts here are bounded by the input, not by max_entity_chars: for long inputs the worst case
+            # exceeds the context, and the answer gets what is left (it parses unless a model fills it all).
+            return Prepared(GenerationRequest(ids, None, min(max_tokens, budget), grammar), None, label_set)
         if not self.constrained:  # no finite language to bound: cap like a plain chat completion would
             return Prepared(GenerationRequest(ids, None, min(spec.max_tokens, UNCONSTRAINED_MAX_TOKENS)), spec, label_set)
         return Prepared(GenerationRequest(ids, spec.schema, spec.max_tokens), spec, label_set)

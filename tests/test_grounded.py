@@ -71,3 +71,15 @@ def test_grounded_decoding_never_hallucinates(loop_thread, tiny_engine) -> None:
         assert not r.hallucinated
         for m in json.loads(r.raw)["entities"]:
             assert m["text"] in text
+
+
+@pytest.mark.engine
+def test_grounded_long_input_gets_the_remaining_context(tiny_engine) -> None:
+    """A long input's worst-case grounded answer exceeds the context: the request is capped, not refused."""
+    from service.pipeline import Extractor
+
+    ex = Extractor(tiny_engine, TaskCard.load(tiny_engine.config.model), grounded=True)
+    text = " ".join(f"Word{i}" for i in range(100))
+    prepared = ex.prepare(text)
+    assert prepared.request.grammar is not None
+    assert prepared.request.max_tokens == tiny_engine.max_model_len - len(prepared.request.prompt_token_ids)

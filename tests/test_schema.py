@@ -53,6 +53,19 @@ def test_schema_shape_and_bucketing() -> None:
         output_spec(CONLL2003, bounds, "x", max_entities=0)
 
 
+def test_regex_backends_get_the_schema_without_bounds_but_the_same_budget() -> None:
+    import re
+
+    bounds = SchemaBounds(max_entities=8, max_entity_chars=64)
+    full = output_spec(CONLL2003, bounds, "x" * 100)
+    loose = output_spec(CONLL2003, bounds, "x" * 100, items_in_schema=False)
+    ent = loose.schema["properties"]["entities"]
+    assert "maxItems" not in ent and "maxItems" in full.schema["properties"]["entities"]
+    rx = re.compile(ent["items"]["properties"]["text"]["pattern"])
+    assert rx.match("x" * 500) and not rx.match('a"b') and not rx.match("")
+    assert loose.max_tokens == full.max_tokens  # the budget still assumes the card's bounds
+
+
 def test_worst_case_tokens_formula() -> None:
     # {"entities":[]} + 2 * ({"label":"","text":""} + 4 + 4*3) + 1 comma + stop token
     assert worst_case_tokens(["LONG"], 2, 3) == 15 + 2 * (22 + 4 + 12) + 1 + 1
