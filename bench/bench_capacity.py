@@ -235,9 +235,27 @@ def report(data: dict) -> Path:
               " running replicas at ~70% of that figure and let the HPA scale on `nerve_queued_requests`"
               " (deploy/k8s/overlays/gpu-4090). Validate the projection with `loadtests/` on the real GPU before"
               " signing off.", ""]
+    lines += loadtest_section(REPORTS / "loadtest" / "summary.json")
     out = REPORTS / "capacity.md"
     out.write_text("\n".join(lines))
     return out
+
+
+def loadtest_section(summary_path: Path) -> list[str]:
+    """The locust run written by ``loadtests/run.py --out bench/reports/loadtest`` (mixed RPCs, closed loop)."""
+    if not summary_path.is_file():
+        return []
+    s = json.loads(summary_path.read_text())
+    lines = ["## Load test: locust over gRPC (mixed RPCs)", "",
+             f"`python loadtests/run.py --start-server qwen2.5-coder-0.5b-instruct --scenario {s['scenario']} --users"
+             f" {s['users']} --duration {s['duration_seconds']}s --out bench/reports/loadtest` on this CPU: closed"
+             " loop, each user sends its next call when the last one returns (Extract : ExtractBatch of 8 texts :"
+             " Evaluate of 4 examples = 10 : 2 : 1). CSV files and the summary are in `bench/reports/loadtest/`.", "",
+             "| rpc | requests | failures | req/s | p50 ms | p95 ms | p99 ms |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in [*s["rpcs"], s["total"]]:
+        lines.append(f"| {r['name']} | {r['requests']} | {r['failures']} | {r['rps']:.2f} | {r['p50_ms']:.0f} |"
+                     f" {r['p95_ms']:.0f} | {r['p99_ms']:.0f} |")
+    return [*lines, ""]
 
 
 def main() -> None:
