@@ -161,7 +161,9 @@ def analyse(steps: list[dict], slo: float) -> dict:
 
     base = steps[0]["p95"] if steps else 0.0
     knee = next((s["offered_rps"] for s in steps if s["p95"] > 2 * base), None)
-    return {"slo_p95_seconds": slo, "sustainable_rps": sustainable(slo), "knee_rps": knee,
+    base50 = steps[0]["p50"] if steps else 0.0
+    knee50 = next((s["offered_rps"] for s in steps if s["p50"] > 2 * base50), None)
+    return {"slo_p95_seconds": slo, "sustainable_rps": sustainable(slo), "knee_rps": knee, "knee_p50_rps": knee50,
             "by_slo": {f"{o:g}": sustainable(o) for o in sorted({*SLOS, slo})}}
 
 
@@ -202,8 +204,11 @@ def report(data: dict) -> Path:
         lines.append(f"| {s['offered_rps']:g} | {s['achieved_rps']:.2f} | {s['p50']:.2f} | {s['p95']:.2f} |"
                      f" {s['p99']:.2f} | {s['errors']} |")
     lines += ["", f"**Sustainable load at p95 ≤ {a['slo_p95_seconds']:g} s: {a['sustainable_rps']:g} requests/s.**"
-              f" Knee of the latency curve (p95 above twice its low-load value): "
-              f"{a['knee_rps'] if a['knee_rps'] is not None else 'not reached'} requests/s.", "",
+              " Knee of the latency curve (p95 above twice its low-load value): "
+              + (f"{a['knee_rps']:g} requests/s." if a["knee_rps"] is not None else "not reached in the rates tried.")
+              + " Median latency doubles from its low-load value at "
+              + (f"{a['knee_p50_rps']:g} requests/s" if a.get("knee_p50_rps") is not None else "no rate tried")
+              + ": that is where requests start queueing behind the engine's batch.", "",
               "| p95 objective s | " + " | ".join(a["by_slo"]) + " |", "|---|" + "---:|" * len(a["by_slo"]),
               "| sustainable req/s | " + " | ".join(f"{v:g}" for v in a["by_slo"].values()) + " |", "",
               "On two CPU cores one sequence decodes at roughly 10 tokens/s, so a sentence with many entities takes"

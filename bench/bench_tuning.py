@@ -30,6 +30,7 @@ RESULTS = ROOT / "bench" / "results"
 REPORTS = ROOT / "bench" / "reports"
 RUNS = ROOT / "runs"
 EXAMPLES = ROOT / "examples" / "tune"
+REUSE = False
 
 
 def _datasets() -> Path:
@@ -46,9 +47,13 @@ def train_and_export(name: str, config: str, overrides: list[str]) -> tuple[Path
     from tuning.run import tune
 
     run_dir = RUNS / f"bench-{name}"
-    t0 = time.perf_counter()
-    tune(EXAMPLES / config, [*overrides, "--train.output_dir", str(run_dir)])
-    wall = time.perf_counter() - t0
+    record = run_dir / "nerve_run.json"
+    if REUSE and record.is_file() and json.loads(record.read_text()).get("status") == "done":
+        wall = json.loads(record.read_text())["resources"]["train_seconds"]  # finished earlier: export and score it
+    else:
+        t0 = time.perf_counter()
+        tune(EXAMPLES / config, [*overrides, "--train.output_dir", str(run_dir)])
+        wall = time.perf_counter() - t0
     out = export_checkpoint(run_dir, RUNS / f"bench-{name}-export")
     return run_dir, out, json.loads((run_dir / "nerve_run.json").read_text()), wall
 
@@ -250,7 +255,10 @@ def main() -> None:
     ap.add_argument("--qwen-steps", type=int, default=75)
     ap.add_argument("--eval-limit", type=int, default=None, help="score on the first N evaluation sentences")
     ap.add_argument("--dev-eval", type=int, default=100, help="dev sentences scored by the engine during training")
+    ap.add_argument("--reuse", action="store_true", help="export and score finished runs instead of training again")
     args = ap.parse_args()
+    global REUSE
+    REUSE = args.reuse
     d = _datasets()
     for stage in args.stages.split(","):
         if stage == "minilm":

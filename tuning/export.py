@@ -290,14 +290,18 @@ def _export_causal(source: Path, staging: Path, card: TaskCard, run: dict, metri
         if reloaded.config.tie_word_embeddings != _tied(reloaded):
             raise ExportError("tied embeddings did not survive the save/load round trip")
         _check_same_weights(saved_state, reloaded.state_dict())
-        # And the reloaded model computes what the merged float32 model computed, up to the saved precision.
+        # Integrity of the save is the exact weight comparison above. At float32 the reloaded logits must also
+        # equal the merge's; at 16 bits they differ by rounding (weights, and buffers such as rotary frequencies
+        # that a fresh load recomputes), which is reported, not an error: the merge itself was checked in float32.
         got = _logits(reloaded, batch)
         scale = reference.abs().max().clamp(min=1.0)
-        rel = ((got - reference).abs().max() / scale).item()
-        limit = 1e-5 if target == torch.float32 else 5e-2
-        if rel > limit:
+        drift = ((got - reference).abs().max() / scale).item()
+        if target == torch.float32 and drift > 1e-5:
             raise ExportError(f"the saved checkpoint's logits differ from the merged model's (max relative diff "
-                              f"{rel:.3g} > {limit} for {target})")
+                              f"{drift:.3g} > 1e-05)")
+        if drift > 5e-2:
+            logger.warning("%s rounding moves the logits by up to %.1f%% of their range against the float32 merge;"
+                           " export with --dtype float32 to avoid it", str(target).replace("torch.", ""), 100 * drift)
         if chat_template_sha256(_saved_chat_template(staging)) != chat_template_sha256(tokenizer.chat_template):
             raise ExportError("the saved tokenizer's chat template differs from the training tokenizer's")
 
