@@ -169,13 +169,12 @@ def stage_vllm(model_dir: Path, n: int, backend: str = "xgrammar", stage: str = 
     save(stage, data)
 
 
-def stage_overhead(model_dir: Path, n: int, chunks: int = 4, unbounded: bool = False) -> None:
+def stage_overhead(model_dir: Path, n: int, chunks: int = 4) -> None:
     """Per-token cost of the schema: constrained runs vs unconstrained runs that generate exactly as many tokens.
 
     The sentences are split into chunks run alternately (constrained, then the same prompts unconstrained with
     ``ignore_eos`` and ``max_tokens`` equal to each constrained answer's length), so both modes do the same
-    prefill and decode work and share whatever else the machine is doing. ``unbounded`` uses the schema without
-    its bounds (no ``maxItems``, no length limit on entity texts) to show what the bounds themselves cost.
+    prefill and decode work and share whatever else the machine is doing.
     """
     from dataclasses import replace
 
@@ -195,11 +194,6 @@ def stage_overhead(model_dir: Path, n: int, chunks: int = 4, unbounded: bool = F
             size = -(-len(examples) // chunks)
             for i in range(0, len(examples), size):
                 reqs = [ex.prepare(e.text).request for e in examples[i:i + size]]
-                if unbounded:
-                    from ner.schema import output_spec
-
-                    loose = output_spec(card.labels, card.bounds, items_in_schema=False).schema
-                    reqs = [replace(r, schema=loose) for r in reqs]
                 t0 = time.perf_counter()
                 outs = await asyncio.gather(*(engine.generate(r) for r in reqs))
                 t_con += time.perf_counter() - t0
@@ -211,13 +205,13 @@ def stage_overhead(model_dir: Path, n: int, chunks: int = 4, unbounded: bool = F
                 assert [o.completion_tokens for o in outs] == [max(1, o.completion_tokens) for o in outs2]
                 tokens += sum(o.completion_tokens for o in outs)
                 print(f"  chunk {i // size}: constrained {t_con:.0f} s, unconstrained {t_unc:.0f} s", flush=True)
-            return {"sentences": len(examples), "chunks": chunks, "completion_tokens": tokens, "unbounded": unbounded,
+            return {"sentences": len(examples), "chunks": chunks, "completion_tokens": tokens,
                     "constrained_seconds": t_con, "unconstrained_seconds": t_unc,
                     "overhead": t_con / t_unc - 1}
         finally:
             engine.close()
 
-    save("overhead-unbounded" if unbounded else "overhead", asyncio.run(main()))
+    save("overhead", asyncio.run(main()))
 
 
 def stage_grounded(model_dir: Path, n: int) -> None:
@@ -300,8 +294,6 @@ def main() -> None:
                     save(f"backend-{b}", {"backend": b, "error": f"{type(exc).__name__}: {exc}"[:2000]})
         elif stage == "overhead":
             stage_overhead(model_dir, args.n)
-        elif stage == "overhead-unbounded":
-            stage_overhead(model_dir, args.n, unbounded=True)
         elif stage == "grounded":
             stage_grounded(model_dir, args.n)
         elif stage == "zeroshot":

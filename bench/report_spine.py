@@ -86,12 +86,6 @@ def write() -> Path:
                               " benchmark on GPU (vllm-project/vllm#26866, Qwen3-1.7B) still shows a sizeable cost for"
                               " JSON schemas (85–90 vs 103–133 requests/s, all requests structured vs none). Measure"
                               " it on the target GPU with `python bench/bench_spine.py --stages overhead`.", ""]
-                ub = _load("overhead-unbounded")
-                if ub:
-                    lines += [f"The same measurement with the schema's bounds removed (no `maxItems`, no length limit"
-                              f" on entity texts): **{ub['overhead']:+.1%}** ({ub['constrained_seconds']:.1f} s vs"
-                              f" {ub['unconstrained_seconds']:.1f} s). The difference between the two is the price of"
-                              " the bounds that make every answer complete.", ""]
             lines += ["Left to itself the unconstrained model writes different answers, mostly not the JSON asked for:", "",
                       "| decoding | sentences/s | tokens/s | parse rate | micro F1 | answers cut at max_tokens |",
                       "|---|---:|---:|---:|---:|---:|",
