@@ -12,7 +12,8 @@ folder or a full model folder, and writes ``out_dir`` with:
 Nothing is declared exported before it is checked: the merged model's logits must equal the adapter model's
 (``torch.allclose`` in float32 on rendered prompts), tied input/output embeddings must still be tied (or, when
 an adapter touched them, be untied explicitly, ``tie_word_embeddings: false``), and the saved folder, loaded
-back, must reproduce the logits of the model that was saved. The folder is written next to ``out_dir`` and
+back, must hold exactly the tensors that were saved and, when saved in float32, reproduce the merged model's
+logits (at 16 bits the rounding drift from the float32 merge is logged). The folder is written next to ``out_dir`` and
 renamed into place only after these checks; on failure :class:`ExportError` is raised and nothing is left.
 
 Token-classification runs export their tagger folder (see :mod:`tuning.encoder`) with the card
