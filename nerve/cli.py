@@ -149,7 +149,7 @@ def evaluate_cmd(
 ) -> None:
     """Score a model on gold data: strict entity P/R/F1 per type, micro/macro, exact match, parse rate."""
     from ner.readers import DatasetFormatError, read_dataset
-    from service.pipeline import Limits, evaluate, run_with_extractor
+    from service.pipeline import Limits, evaluate_with_progress, run_with_extractor
 
     from .reports import write_report
 
@@ -164,22 +164,10 @@ def evaluate_cmd(
     if unknown:
         fail(f"{data}: labels {unknown} are not in the task card ({card.labels.names}); pass --task")
 
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     t0 = time.perf_counter()
 
     async def body(ex):
-        with Progress(TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TimeRemainingColumn(), console=err) as bar:
-            tid = bar.add_task("eval", total=len(examples))
-            return await evaluate(ex, examples, on_progress=lambda d, t: bar.update(tid, completed=d))
+        return await evaluate_with_progress(ex, examples, console=err)
 
     try:
         res = run_with_extractor(body, cfg, card, limits=Limits(max_text_chars=1 << 20), grounded=grounded)

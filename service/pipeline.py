@@ -233,6 +233,24 @@ async def evaluate(extractor: ExtractorBase, examples: Sequence[Example], *,
     return EvaluationResult(scorer.report(), [r.usage.total_seconds for r in results], results)
 
 
+async def evaluate_with_progress(extractor: ExtractorBase, examples: Sequence[Example],
+                                 console: Any = None) -> EvaluationResult:
+    """:func:`evaluate` with a rich progress bar (done / total, elapsed, remaining)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task("eval", total=len(examples))
+        return await evaluate(extractor, examples, on_progress=lambda d, t: bar.update(task, completed=d))
+
+
 def load_card(model_dir: str | Path, task: str | None = None) -> TaskCard:
     """The checkpoint's task card, or a preset (``cluener``/``conll2003``) or card file named by ``task``."""
     if task:
@@ -314,15 +332,6 @@ def evaluate_checkpoint(model_dir: str | Path, examples: Sequence[Example], *, c
     With ``stop_probe`` > 0 the first ``stop_probe`` examples are also decoded without the schema to measure
     :attr:`CheckpointScore.stop_rate`.
     """
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     card = card or TaskCard.load(model_dir)
     examples = list(examples)[:limit] if limit else list(examples)
     cfg = engine_config or EngineConfig(model=str(model_dir))
@@ -331,14 +340,10 @@ def evaluate_checkpoint(model_dir: str | Path, examples: Sequence[Example], *, c
 
     async def body(engine: VllmEngine) -> CheckpointScore:
         extractor = Extractor(engine, card, limits=limits)
-        if not progress:
-            report = (await evaluate(extractor, examples)).report
+        if progress:
+            report = (await evaluate_with_progress(extractor, examples)).report
         else:
-            with Progress(TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          TimeRemainingColumn()) as bar:
-                task = bar.add_task("eval", total=len(examples))
-                report = (await evaluate(extractor, examples,
-                                         on_progress=lambda d, t: bar.update(task, completed=d))).report
+            report = (await evaluate(extractor, examples)).report
         stop_rate = None
         probe = [e.text for e in examples[:stop_probe]]
         if probe:
