@@ -15,6 +15,8 @@ from typing import Any
 from .labels import PRESETS, LabelSet
 
 CARD_FILENAME = "nerve_task.json"
+ENCODER_FILENAME = "nerve_encoder.json"
+"""Beside the card in token-classification checkpoints: their tag set, CRF flag and max length."""
 CARD_VERSION = 1
 
 

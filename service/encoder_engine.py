@@ -21,15 +21,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ner.card import TaskCard
+from ner.card import ENCODER_FILENAME, TaskCard
 from ner.labels import LabelSet
 from ner.types import Entity
 
 from .pipeline import ExtractionResult, ExtractorBase, InputError, Limits, Usage, _check_text
 
 log = logging.getLogger("nerve.encoder")
-
-ENCODER_FILENAME = "nerve_encoder.json"
 
 
 def is_encoder_checkpoint(path: str | Path) -> bool:

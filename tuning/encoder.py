@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ner.card import TaskCard
+from ner.card import ENCODER_FILENAME, TaskCard
 from ner.readers.conll import decode_tags, parse_tag
 from ner.types import Entity, Example
 
@@ -37,7 +37,6 @@ from .data import IGNORE_INDEX, DataReport, LengthStats, choose_max_length, enti
 
 logger = logging.getLogger("nerve.tuning")
 
-ENCODER_FILENAME = "nerve_encoder.json"
 CRF_FILENAME = "crf.safetensors"
 KIND = "token-cls"
 
