@@ -160,6 +160,7 @@ def stage_vllm(model_dir: Path, n: int, backend: str = "xgrammar", stage: str = 
                    "repeat_request_seconds": sorted(repeats)[1]}
             out["constrained"], _ = await run_extractor(engine, card, examples, True)
             if unconstrained:
+                await engine.reset_prefix_cache()  # same cold start as the constrained run
                 out["unconstrained"], _ = await run_extractor(engine, card, examples, False)
             return out
         finally:
@@ -174,7 +175,9 @@ def stage_overhead(model_dir: Path, n: int, chunks: int = 4) -> None:
 
     The sentences are split into chunks run alternately (constrained, then the same prompts unconstrained with
     ``ignore_eos`` and ``max_tokens`` equal to each constrained answer's length), so both modes do the same
-    prefill and decode work and share whatever else the machine is doing.
+    prefill and decode work and share whatever else the machine is doing. The prefix cache is emptied before
+    every timed run: otherwise the second run of a chunk reuses the first run's prompt KV blocks and skips most
+    of its prefill.
     """
     from dataclasses import replace
 
@@ -191,23 +194,29 @@ def stage_overhead(model_dir: Path, n: int, chunks: int = 4) -> None:
             await ex.warm_up()
             t_con = t_unc = 0.0
             tokens = 0
+            per_chunk = []
             size = -(-len(examples) // chunks)
             for i in range(0, len(examples), size):
                 reqs = [ex.prepare(e.text).request for e in examples[i:i + size]]
+                await engine.reset_prefix_cache()
                 t0 = time.perf_counter()
                 outs = await asyncio.gather(*(engine.generate(r) for r in reqs))
                 t_con += time.perf_counter() - t0
                 same = [replace(r, schema=None, max_tokens=max(1, o.completion_tokens), ignore_eos=True)
                         for r, o in zip(reqs, outs, strict=True)]
+                await engine.reset_prefix_cache()  # else the second run finds its prompts' KV blocks cached
                 t0 = time.perf_counter()
                 outs2 = await asyncio.gather(*(engine.generate(r) for r in same))
                 t_unc += time.perf_counter() - t0
                 assert [o.completion_tokens for o in outs] == [max(1, o.completion_tokens) for o in outs2]
                 tokens += sum(o.completion_tokens for o in outs)
+                per_chunk.append({"constrained_seconds": t_con - sum(c["constrained_seconds"] for c in per_chunk),
+                                  "unconstrained_seconds": t_unc - sum(c["unconstrained_seconds"] for c in per_chunk)})
+                per_chunk[-1]["overhead"] = per_chunk[-1]["constrained_seconds"] / per_chunk[-1]["unconstrained_seconds"] - 1
                 print(f"  chunk {i // size}: constrained {t_con:.0f} s, unconstrained {t_unc:.0f} s", flush=True)
             return {"sentences": len(examples), "chunks": chunks, "completion_tokens": tokens,
                     "constrained_seconds": t_con, "unconstrained_seconds": t_unc,
-                    "overhead": t_con / t_unc - 1}
+                    "overhead": t_con / t_unc - 1, "per_chunk": per_chunk}
         finally:
             engine.close()
 

@@ -72,6 +72,8 @@ class GenerationOutput:
     first_token_seconds: float
     engine_seconds: float
     """Time from first scheduling to the last token."""
+    cached_prompt_tokens: int = 0
+    """Prompt tokens whose KV blocks came from the prefix cache (no prefill needed)."""
 
 
 class EngineError(RuntimeError):
@@ -208,6 +210,7 @@ class VllmEngine:
             queue_seconds=queue,
             first_token_seconds=first,
             engine_seconds=engine_s,
+            cached_prompt_tokens=int(getattr(final, "num_cached_tokens", 0) or 0),
         )
 
     @property
@@ -217,6 +220,12 @@ class VllmEngine:
 
     async def check_health(self) -> None:
         await self._llm.check_health()
+
+    async def reset_prefix_cache(self) -> bool:
+        """Drop the cached KV blocks of earlier prompts (benchmarks compare runs from the same cold start)."""
+        if self._closed:
+            raise EngineError("engine is closed")
+        return bool(await self._llm.reset_prefix_cache())
 
     def close(self) -> None:
         if not self._closed:

@@ -112,6 +112,24 @@ def test_cancellation_aborts_and_frees_the_engine(loop_thread, tiny_engine) -> N
     assert r.parsed
 
 
+def test_prefix_cache_hits_and_reset(loop_thread, tiny_engine) -> None:
+    """A repeated prompt reuses cached KV blocks; after a reset it is prefilled again (benchmarks rely on it)."""
+    card = TaskCard.load(tiny_engine.config.model)
+    request = Extractor(tiny_engine, card).prepare("Peter Blackburn visited Brussels .").request
+
+    async def three() -> list[int]:
+        await tiny_engine.reset_prefix_cache()
+        first = await tiny_engine.generate(request)
+        again = await tiny_engine.generate(request)
+        assert await tiny_engine.reset_prefix_cache()
+        after = await tiny_engine.generate(request)
+        return [first.cached_prompt_tokens, again.cached_prompt_tokens, after.cached_prompt_tokens]
+
+    first, again, after = loop_thread.run(three())
+    assert first == 0 and after == 0
+    assert 0 < again <= len(request.prompt_token_ids)
+
+
 def test_chat_template_mismatch_is_refused(tiny_engine) -> None:
     from dataclasses import replace
 
