@@ -201,18 +201,19 @@ def stage_overhead(model_dir: Path, n: int, chunks: int = 4) -> None:
                 await engine.reset_prefix_cache()
                 t0 = time.perf_counter()
                 outs = await asyncio.gather(*(engine.generate(r) for r in reqs))
-                t_con += time.perf_counter() - t0
+                dt_con = time.perf_counter() - t0
                 same = [replace(r, schema=None, max_tokens=max(1, o.completion_tokens), ignore_eos=True)
                         for r, o in zip(reqs, outs, strict=True)]
                 await engine.reset_prefix_cache()  # else the second run finds its prompts' KV blocks cached
                 t0 = time.perf_counter()
                 outs2 = await asyncio.gather(*(engine.generate(r) for r in same))
-                t_unc += time.perf_counter() - t0
+                dt_unc = time.perf_counter() - t0
                 assert [o.completion_tokens for o in outs] == [max(1, o.completion_tokens) for o in outs2]
                 tokens += sum(o.completion_tokens for o in outs)
-                per_chunk.append({"constrained_seconds": t_con - sum(c["constrained_seconds"] for c in per_chunk),
-                                  "unconstrained_seconds": t_unc - sum(c["unconstrained_seconds"] for c in per_chunk)})
-                per_chunk[-1]["overhead"] = per_chunk[-1]["constrained_seconds"] / per_chunk[-1]["unconstrained_seconds"] - 1
+                t_con += dt_con
+                t_unc += dt_unc
+                per_chunk.append({"constrained_seconds": dt_con, "unconstrained_seconds": dt_unc,
+                                  "overhead": dt_con / dt_unc - 1})
                 print(f"  chunk {i // size}: constrained {t_con:.0f} s, unconstrained {t_unc:.0f} s", flush=True)
             return {"sentences": len(examples), "chunks": chunks, "completion_tokens": tokens,
                     "constrained_seconds": t_con, "unconstrained_seconds": t_unc,

@@ -30,7 +30,6 @@ RESULTS = ROOT / "bench" / "results"
 REPORTS = ROOT / "bench" / "reports"
 RUNS = ROOT / "runs"
 EXAMPLES = ROOT / "examples" / "tune"
-REUSE = False
 
 
 def _datasets() -> Path:
@@ -42,13 +41,13 @@ def _datasets() -> Path:
     return d
 
 
-def train_and_export(name: str, config: str, overrides: list[str]) -> tuple[Path, Path, dict, float]:
+def train_and_export(name: str, config: str, overrides: list[str], reuse: bool = False) -> tuple[Path, Path, dict, float]:
     from tuning.export import export_checkpoint
     from tuning.run import tune
 
     run_dir = RUNS / f"bench-{name}"
     record = run_dir / "nerve_run.json"
-    if REUSE and record.is_file() and json.loads(record.read_text()).get("status") == "done":
+    if reuse and record.is_file() and json.loads(record.read_text()).get("status") == "done":
         wall = json.loads(record.read_text())["resources"]["train_seconds"]  # finished earlier: export and score it
     else:
         t0 = time.perf_counter()
@@ -121,7 +120,7 @@ def stage_minilm(args) -> None:
     run_dir, out, run, wall = train_and_export("minilm", "minilm_conll_tokencls.yaml",
                                                ["--train.num_train_epochs", str(args.minilm_epochs),
                                                 "--train.learning_rate", str(args.minilm_lr),
-                                                "--train.progress", "false"])
+                                                "--train.progress", "false"], args.reuse)
     testb = read_dataset(d / "conll2003" / "eng.testb")
     res, ew = score_checkpoint(out, testb, name="minilm-conll-testb", meta={"data": "eng.testb"})
     data = summary(run, wall, res, ew, f"CoNLL-2003 train ({args.minilm_epochs:g} epochs, lr {args.minilm_lr:g})",
@@ -139,7 +138,7 @@ def stage_causal(args, name: str, config: str, train_n: int, steps: int, eval_pa
                  "--train.eval_steps", str(steps), "--train.save_steps", str(steps),
                  "--eval.max_examples", str(args.dev_eval), "--data.max_dev_examples", str(args.dev_eval),
                  "--train.progress", "false"]
-    run_dir, out, run, wall = train_and_export(name, config, overrides)
+    run_dir, out, run, wall = train_and_export(name, config, overrides, args.reuse)
     examples = read_dataset(eval_path)
     examples = examples[:eval_n] if eval_n else examples
     res, ew = score_checkpoint(out, examples, name=f"{name}-{eval_path.stem}", meta={"data": eval_name})
@@ -248,7 +247,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stages", default="minilm,smollm2,qwen,report")
     ap.add_argument("--minilm-epochs", type=float, default=3)
-    ap.add_argument("--minilm-lr", type=float, default=5e-5)
+    ap.add_argument("--minilm-lr", type=float, default=1e-4)
     ap.add_argument("--smollm2-examples", type=int, default=2000)
     ap.add_argument("--smollm2-steps", type=int, default=250)
     ap.add_argument("--qwen-examples", type=int, default=600)
@@ -257,8 +256,6 @@ def main() -> None:
     ap.add_argument("--dev-eval", type=int, default=100, help="dev sentences scored by the engine during training")
     ap.add_argument("--reuse", action="store_true", help="export and score finished runs instead of training again")
     args = ap.parse_args()
-    global REUSE
-    REUSE = args.reuse
     d = _datasets()
     for stage in args.stages.split(","):
         if stage == "minilm":
