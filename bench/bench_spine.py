@@ -7,6 +7,7 @@ Stages (each writes bench/results/<stage>.json; `report` turns them into Markdow
 * ``vllm``: nerve's path (vLLM AsyncLLM, all sentences submitted at once, xgrammar JSON schema), then the
   same sentences unconstrained, and the first-request (grammar compile) versus repeat-request latency.
 * ``overhead``: the schema's cost per token, against unconstrained runs forced to the same answer lengths.
+* ``mask``: applying grammar bitmasks to CPU logits, nerve's way vs vLLM's, on real bitmasks (no engine).
 * ``backends``: the constrained run with guidance and with outlines.
 * ``grounded``: schema decoding vs grounded decoding (entity texts restricted to input substrings) on
   CLUENER dev and CoNLL testb: speed, F1, hallucination rate.
@@ -177,7 +178,8 @@ def stage_overhead(model_dir: Path, n: int, chunks: int = 4) -> None:
     ``ignore_eos`` and ``max_tokens`` equal to each constrained answer's length), so both modes do the same
     prefill and decode work and share whatever else the machine is doing. The prefix cache is emptied before
     every timed run: otherwise the second run of a chunk reuses the first run's prompt KV blocks and skips most
-    of its prefill.
+    of its prefill. Measured twice, each against its own unconstrained runs: with nerve's CPU grammar mask
+    (the default) and with vLLM's own CPU path (``cpu_grammar_mask="vllm"``).
     """
     from dataclasses import replace
 
@@ -187,14 +189,19 @@ def stage_overhead(model_dir: Path, n: int, chunks: int = 4) -> None:
     examples = cluener_dev(n)
     card = card_for(model_dir, "cluener")
 
-    async def main() -> dict:
-        engine = await VllmEngine.start(EngineConfig(model=str(model_dir)))
+    async def measure(mask: str) -> dict:
+        print(f"overhead with cpu_grammar_mask={mask}", flush=True)
+        engine = await VllmEngine.start(EngineConfig(model=str(model_dir), cpu_grammar_mask=mask))
         try:
             ex = Extractor(engine, card)
-            await ex.warm_up()
+            # Compile every schema the sentences use (one per entity-length bucket) before timing: the
+            # first-request compile time is measured by the vllm stage; this measures steady decoding.
+            shapes = {ex.prepare(e.text).spec.key: e.text for e in examples}
+            await asyncio.gather(*(ex.extract(t) for t in shapes.values()))
             t_con = t_unc = 0.0
             tokens = 0
             per_chunk = []
+            answers = []
             size = -(-len(examples) // chunks)
             for i in range(0, len(examples), size):
                 reqs = [ex.prepare(e.text).request for e in examples[i:i + size]]
@@ -210,18 +217,87 @@ def stage_overhead(model_dir: Path, n: int, chunks: int = 4) -> None:
                 dt_unc = time.perf_counter() - t0
                 assert [o.completion_tokens for o in outs] == [max(1, o.completion_tokens) for o in outs2]
                 tokens += sum(o.completion_tokens for o in outs)
+                answers += [o.text for o in outs]
                 t_con += dt_con
                 t_unc += dt_unc
                 per_chunk.append({"constrained_seconds": dt_con, "unconstrained_seconds": dt_unc,
                                   "overhead": dt_con / dt_unc - 1})
                 print(f"  chunk {i // size}: constrained {t_con:.0f} s, unconstrained {t_unc:.0f} s", flush=True)
-            return {"sentences": len(examples), "chunks": chunks, "completion_tokens": tokens,
-                    "constrained_seconds": t_con, "unconstrained_seconds": t_unc,
-                    "overhead": t_con / t_unc - 1, "per_chunk": per_chunk}
+            return {"cpu_grammar_mask": mask, "schemas": len(shapes), "completion_tokens": tokens, "constrained_seconds": t_con,
+                    "unconstrained_seconds": t_unc, "overhead": t_con / t_unc - 1, "per_chunk": per_chunk,
+                    "answers": answers}
         finally:
             engine.close()
 
-    save("overhead", asyncio.run(main()))
+    runs = {mask: asyncio.run(measure(mask)) for mask in ("nerve", "vllm")}
+    differing = sum(a != b for a, b in zip(runs["nerve"].pop("answers"), runs["vllm"].pop("answers"), strict=True))
+    nerve = runs["nerve"]
+    save("overhead", {"sentences": len(examples), "chunks": chunks, **{k: nerve[k] for k in (
+        "schemas", "completion_tokens", "constrained_seconds", "unconstrained_seconds", "overhead", "per_chunk")},
+        "answers_differing_between_masks": differing, "vllm_cpu_mask": runs["vllm"]})
+
+
+def stage_mask(model_dir: Path, repeats: int = 30) -> None:
+    """Time one step's bitmask application on CPU logits: vLLM's own function vs nerve's, same inputs.
+
+    The bitmasks are those xgrammar produces while an answer to nerve's CLUENER schema is decoded with the
+    model's tokenizer (structure steps allow a handful of tokens, steps inside an entity text almost all).
+    """
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+    import xgrammar as xgr
+    from transformers import AutoConfig, AutoTokenizer
+    from vllm.v1.structured_output import utils
+
+    from ner.schema import output_spec
+    from service.engine import _cpu_grammar_mask
+
+    vllm_apply = getattr(utils.apply_grammar_bitmask, "nerve_wraps", utils.apply_grammar_bitmask)
+    nerve_apply = _cpu_grammar_mask(vllm_apply)
+    card = card_for(model_dir, "cluener")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    vocab = AutoConfig.from_pretrained(model_dir).vocab_size
+    compiler = xgr.GrammarCompiler(xgr.TokenizerInfo.from_huggingface(tok, vocab_size=vocab))
+    masks = []
+    bitmask = xgr.allocate_token_bitmask(1, vocab)
+    for e in cluener_dev(20):
+        grammar = compiler.compile_json_schema(json.dumps(output_spec(card.labels, card.bounds, e.text).schema),
+                                               any_whitespace=False, separators=(",", ":"))
+        matcher = xgr.GrammarMatcher(grammar)
+        answer = json.dumps({"entities": [{"label": x.label, "text": x.text} for x in e.entities]},
+                            ensure_ascii=False, separators=(",", ":"))
+        for t in tok.encode(answer) + [tok.convert_tokens_to_ids("<|im_end|>")]:
+            matcher.fill_next_token_bitmask(bitmask)
+            masks.append(bitmask[0].numpy().copy())
+            if not matcher.accept_token(t):
+                break
+    masks = np.stack(masks)
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch in (1, 8, 32, 64):
+        m = masks[rng.integers(0, len(masks), batch)]
+        ids = [f"r{i}" for i in range(batch)]
+        step = (SimpleNamespace(scheduled_spec_decode_tokens={}),
+                SimpleNamespace(structured_output_request_ids=ids, grammar_bitmask=m), SimpleNamespace(req_ids=ids))
+        logits = torch.randn(batch, vocab).to(torch.bfloat16)
+        times = {}
+        results = {}
+        for name, fn in (("vllm", vllm_apply), ("nerve", nerve_apply)):
+            ts = []
+            for _ in range(repeats):
+                x = logits.clone()
+                t0 = time.perf_counter()
+                fn(*step, x)
+                ts.append(time.perf_counter() - t0)
+            times[name] = float(np.median(ts))
+            results[name] = x
+        assert torch.equal(results["vllm"], results["nerve"])
+        rows.append({"batch": batch, "vllm_ms": 1e3 * times["vllm"], "nerve_ms": 1e3 * times["nerve"],
+                     "speedup": times["vllm"] / times["nerve"]})
+        print(f"  batch {batch}: vLLM {rows[-1]['vllm_ms']:.2f} ms, nerve {rows[-1]['nerve_ms']:.2f} ms", flush=True)
+    save("mask", {"vocab": vocab, "masks": len(masks), "torch_threads": torch.get_num_threads(), "rows": rows})
 
 
 def stage_grounded(model_dir: Path, n: int) -> None:
@@ -283,7 +359,7 @@ def stage_zeroshot(model_dir: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stages", default="hf,vllm,overhead,backends,grounded,zeroshot,report")
+    ap.add_argument("--stages", default="hf,vllm,mask,overhead,backends,grounded,zeroshot,report")
     ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
     ap.add_argument("--n", type=int, default=200, help="CLUENER dev sentences for the speed comparisons")
     ap.add_argument("--max-new-tokens", type=int, default=256, help="baseline generate budget")
@@ -304,6 +380,8 @@ def main() -> None:
                     save(f"backend-{b}", {"backend": b, "error": f"{type(exc).__name__}: {exc}"[:2000]})
         elif stage == "overhead":
             stage_overhead(model_dir, args.n)
+        elif stage == "mask":
+            stage_mask(model_dir)
         elif stage == "grounded":
             stage_grounded(model_dir, args.n)
         elif stage == "zeroshot":

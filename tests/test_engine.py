@@ -130,6 +130,23 @@ def test_prefix_cache_hits_and_reset(loop_thread, tiny_engine) -> None:
     assert 0 < again <= len(request.prompt_token_ids)
 
 
+def test_cpu_grammar_mask_settings_decode_the_same(loop_thread, tiny_engine, tiny_qwen_dir) -> None:
+    """vLLM's own CPU bitmask path and nerve's give the same answers (nerve's is the default)."""
+    from tests.conftest import start_engine
+
+    assert tiny_engine.config.cpu_grammar_mask == "nerve"
+    card = TaskCard.load(tiny_engine.config.model)
+    texts = CLUENER_LIKE[:6]
+    ours = loop_thread.run(Extractor(tiny_engine, card).extract_many(texts))
+    stock = start_engine(loop_thread, tiny_qwen_dir, cpu_grammar_mask="vllm")
+    try:
+        theirs = loop_thread.run(Extractor(stock, card).extract_many(texts))
+    finally:
+        stock.close()
+    assert [r.raw for r in ours] == [r.raw for r in theirs]
+    assert all(r.parsed for r in ours)
+
+
 def test_chat_template_mismatch_is_refused(tiny_engine) -> None:
     from dataclasses import replace
 
