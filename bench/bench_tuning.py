@@ -212,7 +212,11 @@ def report() -> Path:
             z = r["zero_shot"]
             lines += [f"The same base model zero-shot on the same sentences, same engine and schema: micro F1 "
                       f"{z['micro_f1']:.4f} (parse rate {z['parse_rate']:.4f}); tuned: {r['micro_f1']:.4f}.", ""]
-        if r.get("dev_during_training"):
+        if r.get("dev_during_training", {}).get("eval_failed"):
+            lines += ["The in-training dev evaluation failed in this run (it records micro F1 -1, so it never selects a"
+                      " checkpoint, and the trainer logs the cause at ERROR level); the scores above come from the exported"
+                      " checkpoint, evaluated after training.", ""]
+        elif r.get("dev_during_training"):
             lines += ["Dev metrics of the kept checkpoint during training: "
                       + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                   for k, v in r["dev_during_training"].items()), ""]
