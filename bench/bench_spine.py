@@ -249,13 +249,11 @@ def stage_mask(model_dir: Path, repeats: int = 30) -> None:
     import torch
     import xgrammar as xgr
     from transformers import AutoConfig, AutoTokenizer
-    from vllm.v1.structured_output import utils
 
     from ner.schema import output_spec
-    from service.engine import _cpu_grammar_mask
+    from service.engine import grammar_mask_functions
 
-    vllm_apply = getattr(utils.apply_grammar_bitmask, "nerve_wraps", utils.apply_grammar_bitmask)
-    nerve_apply = _cpu_grammar_mask(vllm_apply)
+    vllm_apply, nerve_apply = grammar_mask_functions()
     card = card_for(model_dir, "cluener")
     tok = AutoTokenizer.from_pretrained(model_dir)
     vocab = AutoConfig.from_pretrained(model_dir).vocab_size

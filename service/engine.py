@@ -178,6 +178,18 @@ def _cpu_grammar_mask(vllm_apply: Any) -> Any:
     return apply_grammar_bitmask
 
 
+def grammar_mask_functions() -> tuple[Any, Any]:
+    """vLLM's function that applies one step's grammar bitmasks, and nerve's CPU replacement (tests, benchmarks).
+
+    vLLM's is returned even where :func:`register_vllm_plugin` has already replaced it in this process.
+    """
+    from vllm.v1.structured_output import utils
+
+    current = utils.apply_grammar_bitmask
+    vllm_apply = getattr(current, "nerve_wraps", current)
+    return vllm_apply, _cpu_grammar_mask(vllm_apply)
+
+
 def register_vllm_plugin() -> None:
     """vLLM general plugin (entry point ``nerve_cpu_grammar_mask``): install nerve's CPU bitmask application.
 

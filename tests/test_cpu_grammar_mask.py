@@ -18,21 +18,20 @@ vllm_utils = pytest.importorskip("vllm.v1.structured_output.utils")
 from service.engine import (  # noqa: E402
     CPU_GRAMMAR_MASK_ENV,
     EngineConfig,
+    _cpu_grammar_mask,
     apply_bitmask_cpu,
+    grammar_mask_functions,
     register_vllm_plugin,
 )
 
 
 def vllm_apply():
     """vLLM's own function, whether or not an engine in this process has installed nerve's."""
-    f = vllm_utils.apply_grammar_bitmask
-    return getattr(f, "nerve_wraps", f)
+    return grammar_mask_functions()[0]
 
 
 def nerve_apply():
-    from service.engine import _cpu_grammar_mask
-
-    return _cpu_grammar_mask(vllm_apply())
+    return grammar_mask_functions()[1]
 
 
 def step(batch: list[str], structured: list[str], masks: np.ndarray, spec: dict[str, list[int]] | None = None):
@@ -155,8 +154,6 @@ def test_register_is_idempotent(monkeypatch) -> None:
 
 def test_gpu_logits_take_vllms_path() -> None:
     calls = []
-    from service.engine import _cpu_grammar_mask
-
     gpu_logits = SimpleNamespace(is_cpu=False)
     _cpu_grammar_mask(lambda *a: calls.append(a))(*step(["a"], ["a"], np.zeros((1, 1), np.int32)), gpu_logits)
     assert len(calls) == 1 and calls[0][3] is gpu_logits
