@@ -321,7 +321,7 @@ def _resources(runtime: float | None, tokens: int, world_size: int) -> dict[str,
     """Wall time, training tokens (this process, times the world size), tokens/s and peak memory of the run."""
     import resource
 
-    out: dict[str, Any] = {"train_seconds": round(runtime, 1) if runtime else None,
+    out: dict[str, Any] = {"train_seconds": round(runtime, 3) if runtime else None,
                            "train_tokens": tokens * world_size,
                            "tokens_per_second": round(tokens * world_size / runtime, 1) if runtime else None,
                            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
