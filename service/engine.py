@@ -12,9 +12,8 @@ and worker processes) replaces how grammar bitmasks are applied to the logits: v
 whole logits batch to float32, runs xgrammar's single-threaded kernel and converts back, 0.5 to 0.8 ms per
 sequence per step over a 152k vocabulary at 8 to 64 sequences; nerve unpacks the bitmask with numpy and masks
 the logits in their own dtype in one ``masked_fill_``, 6 to 10 times faster (``bench/bench_spine.py --stages
-mask,overhead``). The result is
-bit-identical (``tests/test_engine.py``). ``EngineConfig.cpu_grammar_mask = "vllm"`` keeps vLLM's path; CUDA
-logits always take vLLM's kernel.
+mask,overhead``). The result is bit-identical (``tests/test_cpu_grammar_mask.py``).
+``EngineConfig.cpu_grammar_mask = "vllm"`` keeps vLLM's path; CUDA logits always take vLLM's kernel.
 """
 
 from __future__ import annotations
