@@ -1,4 +1,4 @@
-"""Dataset readers and writers: real shared data, round trips, tagging schemes, errors."""
+"""Dataset readers and writers: real shared data, round trips, tagging schemes, errors, no silent misreads."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from ner.readers import (
     FORMATS,
     DatasetFormatError,
+    NoEntitiesError,
     dataset_stats,
     detect_format,
     entities_to_tags,
@@ -87,7 +88,8 @@ CONLL_COUNTS = {
 
 @pytest.fixture(scope="module")
 def cluener(datasets_dir: Path) -> dict[str, list[Example]]:
-    return {s: read_dataset(_need(datasets_dir / "cluener" / f"{s}.jsonl")) for s in ("train", "dev", "test")}
+    return {s: read_dataset(_need(datasets_dir / "cluener" / f"{s}.jsonl"), allow_empty=s == "test")
+            for s in ("train", "dev", "test")}
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +142,7 @@ def test_cluener_round_trip_real(cluener: dict[str, list[Example]], datasets_dir
     for split in ("dev", "test"):
         out = tmp_path / f"{split}.jsonl"
         write_dataset(cluener[split], out, "cluener")
-        assert read_dataset(out) == cluener[split]
+        assert read_dataset(out, allow_empty=split == "test") == cluener[split]
     # The test split's integer ids are written back as integers, byte for byte like the source.
     source = (datasets_dir / "cluener" / "test.jsonl").read_text(encoding="utf-8").splitlines()
     written = (tmp_path / "test.jsonl").read_text(encoding="utf-8").splitlines()
@@ -232,7 +234,7 @@ def _english_examples() -> list[Example]:
     ]
 
 
-@pytest.mark.parametrize("fmt", ["cluener", "jsonl"])
+@pytest.mark.parametrize("fmt", ["cluener", "jsonl", "prodigy"])
 def test_json_round_trip(tmp_path: Path, fmt: str) -> None:
     examples = _chinese_examples() + _english_examples()
     examples.append(Example(text="nested 北京大学", entities=[Entity.at("nested 北京大学", 7, 11, "org"),
@@ -403,7 +405,7 @@ def test_tags_round_trip_property(case: tuple[int, list[tuple[int, int, str]]], 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.text(alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\r\n"),
                         min_size=1, max_size=12), min_size=1, max_size=4),
-       st.sampled_from(["jsonl", "cluener", "bmes"]))
+       st.sampled_from(["jsonl", "cluener", "prodigy", "bmes"]))
 def test_unicode_round_trip_property(tmp_path_factory: pytest.TempPathFactory, texts: list[str], fmt: str) -> None:
     examples = []
     for i, text in enumerate(texts):
@@ -413,7 +415,7 @@ def test_unicode_round_trip_property(tmp_path_factory: pytest.TempPathFactory, t
         examples.append(Example(text=text, entities=entities, id=str(i)))
     out = tmp_path_factory.mktemp("rt") / f"data.{fmt}"
     write_dataset(examples, out, fmt)
-    back = read_dataset(out, fmt)
+    back = read_dataset(out, fmt, allow_empty=True)  # texts of one or two characters have no entities
     assert _pairs(back) == _pairs(examples)
 
 
@@ -429,10 +431,16 @@ def test_detect_format(tmp_path: Path) -> None:
     assert detect_format(_write(tmp_path, "f.bio", "EU B-ORG\nrejects O\n. O\n")) == "conll"
     assert detect_format(_write(tmp_path, "g.txt", "-DOCSTART- O\n\nA B-X\nb O\n")) == "conll"
     assert detect_format(_write(tmp_path, "h.jsonl", "")) == "jsonl"
-    assert read_dataset(tmp_path / "h.jsonl") == []
-    unlabelled = read_dataset(_write(tmp_path, "i.jsonl", '{"id": 7, "text": "北京"}\n'))
+    assert read_dataset(tmp_path / "h.jsonl", allow_empty=True) == []
+    unlabelled = read_dataset(_write(tmp_path, "i.jsonl", '{"id": 7, "text": "北京"}\n'), allow_empty=True)
     assert unlabelled == [Example(text="北京", id="7")]
-    assert read_dataset(tmp_path / "i.jsonl", "jsonl") == unlabelled
+    for fmt in ("jsonl", "prodigy"):
+        assert read_dataset(tmp_path / "i.jsonl", fmt, allow_empty=True) == unlabelled
+    assert detect_format(_write(tmp_path, "j.jsonl", '{"text": "x", "spans": []}\n')) == "prodigy"
+    # Unlabelled records are passed over: the first labelled one decides.
+    later = _write(tmp_path, "k.jsonl", '{"text": "x"}\n{"text": "Paris", "spans": [{"start": 0, "end": 5, "label": "LOC"}]}\n')
+    assert detect_format(later) == "prodigy"
+    assert _spans(read_dataset(later)[1]) == [("LOC", "Paris")]
 
 
 def test_cluener_json_array_and_pretty_printed(tmp_path: Path) -> None:
@@ -448,7 +456,7 @@ def test_cluener_json_array_and_pretty_printed(tmp_path: Path) -> None:
 
 
 def test_formats_registry(tmp_path: Path) -> None:
-    assert set(FORMATS) == {"cluener", "conll", "bmes", "jsonl"}
+    assert set(FORMATS) == {"cluener", "conll", "bmes", "jsonl", "prodigy"}
     with pytest.raises(ValueError, match="unknown dataset format 'xml'"):
         read_dataset(_write(tmp_path, "a.jsonl", ""), "xml")
     with pytest.raises(ValueError, match="unknown dataset format"):
@@ -486,6 +494,22 @@ def _error(path: Path, fmt: str = "auto", **opts: object) -> DatasetFormatError:
         ("not_object.jsonl", '{"text": "a"}\n[1, 2]\n', "cluener", 2, "expected a JSON object"),
         ("no_text.jsonl", '{"text": "a"}\n{"id": 3}\n', "cluener", 2, "no string field 'text'"),
         ("nerve_as_cluener.jsonl", '{"text": "a", "entities": []}\n', "cluener", 1, "format='jsonl'"),
+        ("cluener_as_nerve.jsonl", '{"text": "a", "label": {}}\n', "jsonl", 1,
+         "unknown field\\(s\\) 'label' for the jsonl reader.*format='cluener'"),
+        ("extra_field.jsonl", '{"text": "a", "label": {}}\n{"text": "b", "label": {}, "source": "web"}\n', "auto", 2,
+         "unknown field\\(s\\) 'source' for the cluener reader; expected 'id', 'text', 'label'$"),
+        ("prodigy_extra.jsonl", '{"text": "a", "spans": [], "_task_hash": 1, "tokens": [], "ents": []}\n', "auto",
+         1, "unknown field\\(s\\) 'ents' for the prodigy reader; expected 'id', 'text', 'spans', 'answer'"),
+        ("two_kinds.jsonl", '{"text": "a", "entities": [], "spans": []}\n', "auto", 1,
+         "the record has 'entities', 'spans', the entity fields of jsonl and prodigy"),
+        ("span_offsets.jsonl", '{"text": "Paris", "spans": [{"start": 0, "end": 6, "label": "LOC"}]}\n', "prodigy", 1,
+         "span 0: span \\[0, 6\\) outside a text of 5"),
+        ("span_text.jsonl", '{"text": "Paris", "spans": [{"start": 0, "end": 4, "label": "LOC", "text": "Paris"}]}\n',
+         "auto", 1, "span 0: text 'Paris' does not match"),
+        ("span_label.jsonl", '{"text": "Paris", "spans": [{"start": 0, "end": 5}]}\n', "auto", 1, "span 0: missing label"),
+        ("spans_shape.jsonl", '{"text": "Paris", "spans": {"start": 0}}\n', "prodigy", 1, "'spans' must be a list"),
+        ("answer.jsonl", '{"text": "Paris", "spans": [], "answer": "maybe"}\n', "prodigy", 1,
+         "'answer' must be one of accept, reject, ignore"),
         ("offsets.jsonl",
          '{"text": "Paris", "entities": []}\n{"text": "Paris", "entities": [{"label": "LOC", "start": 0, "end": 9}]}\n',
          "jsonl", 2, "outside a text of 5"),
@@ -540,3 +564,100 @@ def test_bioes_explicit_vs_bmes_m_tag(tmp_path: Path) -> None:
     assert _error(path, "conll").line == 2
     assert _spans(read_dataset(path, "bmes")[0]) == [("LOC", "NewYork")]  # BMES: tokens concatenated
     assert _spans(read_dataset(_write(tmp_path, "i.bmes", "北 B-LOC\n京 I-LOC\n市 E-LOC\n"))[0]) == [("LOC", "北京市")]
+
+
+# --- no silent misreads ----------------------------------------------------------------------------------
+
+SPACY_SPANS = [
+    {"text": "Apple hired Tim Cook in Cupertino", "spans": [
+        {"start": 0, "end": 5, "label": "ORG"}, {"start": 12, "end": 20, "label": "PER"},
+        {"start": 24, "end": 33, "label": "LOC"}]},
+    {"text": "nothing to see", "spans": []},
+]
+
+
+def test_spans_records_are_read_as_prodigy_not_as_unlabelled_cluener(tmp_path: Path) -> None:
+    # The bug of issue #16: this file was detected as CLUENER and every example came back without entities.
+    path = _write(tmp_path, "data.jsonl", "".join(json.dumps(r) + "\n" for r in SPACY_SPANS))
+    assert detect_format(path) == "prodigy"
+    examples = read_dataset(path)
+    assert [_spans(ex) for ex in examples] == [[("ORG", "Apple"), ("PER", "Tim Cook"), ("LOC", "Cupertino")], []]
+    assert [ex.id for ex in examples] == ["data.jsonl:0", "data.jsonl:1"]
+    for fmt, expected in (("cluener", "'id', 'text', 'label'"), ("jsonl", "'id', 'text', 'entities'")):
+        err = _error(path, fmt)
+        assert str(err) == (f"{path}:1: unknown field(s) 'spans' for the {fmt} reader; expected {expected} "
+                            "('spans' is read by format='prodigy')")
+
+
+def test_detection_names_the_choices_when_no_reader_fits(tmp_path: Path) -> None:
+    path = _write(tmp_path, "hf.jsonl", '{"text": "a"}\n{"tokens": ["a"], "ner_tags": [1]}\n')
+    err = _error(path)
+    assert str(err) == (
+        f"{path}:2: cannot detect the format: the record has 'tokens', 'ner_tags' but none of the entity fields "
+        "'label' (cluener), 'entities' (jsonl), 'spans' (prodigy); pass the format (one of: cluener, conll, bmes, "
+        "jsonl, prodigy)"
+    )
+
+
+def test_prodigy_records(tmp_path: Path) -> None:
+    tokens = [{"text": "Paris", "start": 0, "end": 5, "id": 0}, {"text": "rocks", "start": 6, "end": 11, "id": 1}]
+    records = [
+        {"text": "Paris rocks", "_input_hash": 1, "_task_hash": 2, "_view_id": "ner_manual", "tokens": tokens,
+         "meta": {"source": "web"}, "answer": "accept",
+         "spans": [{"start": 0, "end": 5, "label": "LOC", "token_start": 0, "token_end": 0, "text": "Paris"}]},
+        {"text": "Berlin rocks", "answer": "reject", "spans": [{"start": 0, "end": 6, "label": "ORG"}]},
+        {"text": "Rome", "answer": "ignore"},
+        {"id": "r4", "text": "Oslo and Rome", "spans": [{"start": 9, "end": 13, "label": "LOC"},
+                                                        {"start": 0, "end": 4, "label": "LOC"}]},
+    ]
+    path = _write(tmp_path, "db-out.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    examples = read_dataset(path)
+    # Rejected and ignored answers are skipped; ids keep pointing at their records.
+    assert [ex.id for ex in examples] == ["db-out.jsonl:0", "r4"]
+    assert [_spans(ex) for ex in examples] == [[("LOC", "Paris")], [("LOC", "Oslo"), ("LOC", "Rome")]]
+    out = tmp_path / "back.jsonl"
+    write_dataset(examples, out, "prodigy")
+    assert json.loads(out.read_text(encoding="utf-8").splitlines()[1]) == {
+        "id": "r4", "text": "Oslo and Rome",
+        "spans": [{"start": 0, "end": 4, "label": "LOC"}, {"start": 9, "end": 13, "label": "LOC"}]}
+    assert read_dataset(out) == examples
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "fmt", "count"),
+    [
+        ("cluener.jsonl", '{"text": "北京", "label": {}}\n{"text": "上海"}\n', "cluener", 2),
+        ("nerve.jsonl", '{"text": "Paris", "entities": []}\n', "jsonl", 1),
+        ("prodigy.jsonl", '{"text": "Paris", "spans": []}\n{"text": "Rome", "spans": [{"start": 0, "end": 4, '
+         '"label": "LOC"}], "answer": "reject"}\n', "prodigy", 1),
+        ("tags.conll", "-DOCSTART- -X- O O\n\nEU O\nrejects O\n", "conll", 1),
+        ("chars.bmes", "北 O\n京 O\n\n东 O\n", "bmes", 2),
+        ("unlabelled.jsonl", '{"id": 0, "text": "北京"}\n', "cluener", 1),
+    ],
+)
+def test_a_file_without_entities_is_an_error_unless_allowed(tmp_path: Path, name: str, content: str, fmt: str,
+                                                             count: int) -> None:
+    path = _write(tmp_path, name, content)
+    for requested in ("auto", fmt):
+        with pytest.raises(NoEntitiesError) as info:
+            read_dataset(path, requested)
+        err = info.value
+        assert isinstance(err, DatasetFormatError) and err.path == str(path) and err.line is None
+        assert err.format == fmt and err.examples == count
+        assert str(err) == (f"{path}: {count} example(s), none with an entity (read as {fmt}); "
+                            "unlabelled data must be allowed explicitly")
+    examples = read_dataset(path, allow_empty=True)
+    assert len(examples) == count and not any(ex.entities for ex in examples)
+
+
+def test_an_empty_file_has_no_examples(tmp_path: Path) -> None:
+    path = _write(tmp_path, "empty.jsonl", "\n")
+    with pytest.raises(NoEntitiesError, match=f"^{re.escape(str(path))}: no examples \\(read as jsonl\\)"):
+        read_dataset(path)
+    assert read_dataset(path, allow_empty=True) == []
+
+
+def test_one_entity_anywhere_is_enough(tmp_path: Path) -> None:
+    lines = ['{"text": "x", "label": {}}'] * 50 + ['{"text": "北京", "label": {"address": {"北京": [[0, 1]]}}}']
+    examples = read_dataset(_write(tmp_path, "sparse.jsonl", "\n".join(lines) + "\n"))
+    assert len(examples) == 51 and sum(bool(ex.entities) for ex in examples) == 1

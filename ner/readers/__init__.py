@@ -1,4 +1,4 @@
-"""Dataset readers and writers: CLUENER JSON, CoNLL columns, character BMES and nerve JSONL.
+"""Dataset readers and writers: CLUENER JSON, CoNLL columns, character BMES, nerve JSONL and Prodigy JSONL.
 
 >>> examples = read_dataset("../shared/datasets/conll2003/eng.testa")      # doctest: +SKIP
 >>> write_dataset(examples, "out/testa.jsonl", "jsonl")                    # doctest: +SKIP
@@ -6,6 +6,9 @@
 Every reader returns :class:`~ner.types.Example` objects with validated, code-point offsets and raises
 :class:`DatasetFormatError` (``<path>:<line>: <reason>``) for malformed input. Examples whose records carry
 no id get ``<file name>:<index>`` (0-based).
+
+Nothing is misread in silence: a JSON record field the reader does not understand is an error, and so is a
+file in which no example has an entity (:class:`NoEntitiesError`), unless it is read with ``allow_empty=True``.
 """
 
 from __future__ import annotations
@@ -20,16 +23,18 @@ from types import MappingProxyType
 from typing import Any
 
 from ..types import Example
-from ._io import first_json_record, iter_lines, read_text
+from ._fields import ANNOTATION_FIELDS, COMMON_FIELDS, describe_annotation_fields, quoted
+from ._io import iter_json_records, iter_lines, read_text
 from .bmes import parse_bmes_line, read_bmes, write_bmes
 from .cluener import read_cluener, write_cluener
 from .conll import DOCSTART, SCHEMES, entities_to_tags, read_conll, tags_to_spans, token_offsets, write_conll
-from .errors import DatasetFormatError
+from .errors import DatasetFormatError, NoEntitiesError
 from .jsonl import read_jsonl, write_jsonl
+from .prodigy import read_prodigy, write_prodigy
 
 __all__ = [
-    "FORMATS", "SCHEMES", "DatasetFormat", "DatasetFormatError", "dataset_stats", "detect_format",
-    "entities_to_tags", "read_dataset", "tags_to_spans", "token_offsets", "write_dataset",
+    "FORMATS", "SCHEMES", "DatasetFormat", "DatasetFormatError", "NoEntitiesError", "dataset_stats",
+    "detect_format", "entities_to_tags", "read_dataset", "tags_to_spans", "token_offsets", "write_dataset",
 ]
 
 
@@ -57,6 +62,10 @@ FORMATS: Mapping[str, DatasetFormat] = MappingProxyType(
         "jsonl": DatasetFormat(
             "jsonl", read_jsonl, write_jsonl, 'nerve JSONL {"id"?, "text", "entities": [{label, text, start, end}]}'
         ),
+        "prodigy": DatasetFormat(
+            "prodigy", read_prodigy, write_prodigy,
+            'Prodigy/spaCy JSONL {"text", "spans": [{start, end, label}]}; rejected answers skipped',
+        ),
     }
 )
 """Supported formats by name (``"auto"`` is accepted by :func:`read_dataset` only)."""
@@ -69,10 +78,15 @@ _BMES_SINGLE_CHAR_SHARE = 0.95
 def detect_format(path: str | os.PathLike[str], text: str | None = None) -> str:
     """The format of a file, by extension and content.
 
-    ``.json``/``.jsonl`` files (or any file starting with a JSON object) are decided by their first record:
-    ``label`` -> ``cluener``, ``entities`` -> ``jsonl``, only ``text`` -> ``cluener`` (unlabelled; either
-    reader gives the same result). Other files are column files: ``bmes`` when nearly all first columns are
-    single characters and there is no ``-DOCSTART-``, else ``conll``. An empty file is ``jsonl``.
+    ``.json``/``.jsonl`` files (or any file starting with a JSON object) are decided by the field that holds
+    the entities of their first labelled record: ``label`` -> ``cluener``, ``entities`` -> ``jsonl``,
+    ``spans`` -> ``prodigy``. Records with only ``id`` and ``text`` are passed over (up to 2000 of them; a
+    file of only such records is ``cluener``, and any JSON reader gives the same result). A record with two
+    of these fields, or with none and other fields besides ``id`` and ``text``, is a
+    :class:`DatasetFormatError` that names the choices: the format is never guessed.
+
+    Other files are column files: ``bmes`` when nearly all first columns are single characters and there is
+    no ``-DOCSTART-``, else ``conll``. An empty file is ``jsonl``.
     """
     if text is None:
         text = read_text(path)
@@ -92,19 +106,28 @@ def _starts_with_json_object(text: str) -> bool:
 
 
 def _detect_json_format(path: str | os.PathLike[str], text: str) -> str:
-    first = first_json_record(path, text)
-    if first is None:
-        return "jsonl"
-    line, record = first
-    if not isinstance(record, dict):
-        raise DatasetFormatError(path, line, f"expected a JSON object, got {type(record).__name__}")
-    if "label" in record:
-        return "cluener"
-    if "entities" in record:
-        return "jsonl"
-    if "text" in record:
-        return "cluener"
-    raise DatasetFormatError(path, line, "cannot detect the format: record has none of 'text', 'label', 'entities'")
+    fmt = "jsonl"  # an empty file
+    for n, (line, record) in enumerate(iter_json_records(path, text)):
+        if not isinstance(record, dict):
+            raise DatasetFormatError(path, line, f"expected a JSON object, got {type(record).__name__}")
+        found = [f for f in record if f in ANNOTATION_FIELDS]
+        if len(found) > 1:
+            raise DatasetFormatError(
+                path, line, f"cannot detect the format: the record has {quoted(found)}, the entity fields of "
+                f"{' and '.join(ANNOTATION_FIELDS[f] for f in found)}; pass the format"
+            )
+        if found:
+            return ANNOTATION_FIELDS[found[0]]
+        unknown = [f for f in record if f not in COMMON_FIELDS]
+        if unknown:
+            raise DatasetFormatError(
+                path, line, f"cannot detect the format: the record has {quoted(unknown)} but none of the entity "
+                f"fields {describe_annotation_fields()}; pass the format (one of: {', '.join(FORMATS)})"
+            )
+        fmt = "cluener"
+        if n + 1 >= _SNIFF_LINES:
+            break
+    return fmt
 
 
 def _sniff_columns(text: str) -> str:
@@ -133,14 +156,22 @@ def _format(name: str) -> DatasetFormat:
         raise ValueError(f"unknown dataset format {name!r} (expected one of: {', '.join(FORMATS)})") from None
 
 
-def read_dataset(path: str | os.PathLike[str], format: str = "auto", **opts: Any) -> list[Example]:
+def read_dataset(
+    path: str | os.PathLike[str], format: str = "auto", *, allow_empty: bool = False, **opts: Any
+) -> list[Example]:
     """Read a dataset file in ``format`` (one of :data:`FORMATS`, or ``"auto"``: :func:`detect_format`).
 
-    ``opts`` go to the format's reader (e.g. ``scheme="iob1"`` for ``conll``).
+    A file in which no example has an entity (or with no examples at all) raises :class:`NoEntitiesError`
+    unless ``allow_empty`` is set: gold data without entities is nearly always a file read in the wrong
+    format, and a model trained on it learns to find nothing. ``opts`` go to the format's reader (e.g.
+    ``scheme="iob1"`` for ``conll``).
     """
     if format == "auto":
         format = detect_format(path)
-    return _format(format).read(path, **opts)
+    examples = _format(format).read(path, **opts)
+    if not allow_empty and not any(ex.entities for ex in examples):
+        raise NoEntitiesError(path, len(examples), format)
+    return examples
 
 
 def write_dataset(examples: Iterable[Example], path: str | os.PathLike[str], format: str, **opts: Any) -> None:

@@ -106,11 +106,6 @@ def iter_json_records(path: str | os.PathLike[str], text: str) -> Iterator[tuple
         i = _skip_ws(text, end)
 
 
-def first_json_record(path: str | os.PathLike[str], text: str) -> tuple[int, Any] | None:
-    """The first record of :func:`iter_json_records`, or ``None`` for an empty file."""
-    return next(iter_json_records(path, text), None)
-
-
 def write_lines(path: str | os.PathLike[str], lines: Iterable[str]) -> None:
     """Write ``lines`` (each without terminator) as UTF-8 with ``\\n`` endings, creating parent folders."""
     p = Path(path)

@@ -2,7 +2,7 @@
 
 One object per line (JSON Lines); a file holding one JSON array of such objects, or pretty-printed objects
 one after another, is read too. Records without ``label`` (the unlabelled test split, which has ``id`` and
-``text``) become examples without entities.
+``text``) become examples without entities. Any other field is an error.
 """
 
 from __future__ import annotations
@@ -13,8 +13,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..types import Entity, Example
+from ._fields import COMMON_FIELDS, check_fields
 from ._io import default_id, iter_json_records, read_text, write_lines
 from .errors import DatasetFormatError
+
+CLUENER_FIELDS = (*COMMON_FIELDS, "label")
 
 
 def read_cluener(path: str | os.PathLike[str]) -> list[Example]:
@@ -49,12 +52,9 @@ def record_text(obj: Any, path: str | os.PathLike[str], line: int) -> str:
 def cluener_record_to_example(obj: Any, path: str | os.PathLike[str], line: int, index: int) -> Example:
     """Convert one parsed CLUENER record (found at ``path:line``) to an :class:`Example`."""
     text = record_text(obj, path, line)
+    check_fields(obj, CLUENER_FIELDS, "cluener", path, line)
     labels = obj.get("label")
     if labels is None:
-        if "entities" in obj:
-            raise DatasetFormatError(
-                path, line, "record has 'entities' but no 'label': this looks like nerve JSONL (format='jsonl')"
-            )
         labels = {}
     if not isinstance(labels, dict):
         raise DatasetFormatError(path, line, f"'label' must be an object, got {type(labels).__name__}")

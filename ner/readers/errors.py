@@ -1,4 +1,4 @@
-"""The error raised for a malformed dataset file."""
+"""The errors raised for a dataset file that cannot be read as gold data."""
 
 from __future__ import annotations
 
@@ -8,12 +8,29 @@ import os
 class DatasetFormatError(ValueError):
     """A dataset file that does not follow its format.
 
-    The message always starts with ``<path>:<line>:`` (1-based line), like a compiler diagnostic, so that
-    editors and terminals can jump to the offending line.
+    The message starts with ``<path>:<line>:`` (1-based line), like a compiler diagnostic, so that editors and
+    terminals can jump to the offending line; a problem of the whole file (``line`` is ``None``) starts with
+    ``<path>:``.
     """
 
-    def __init__(self, path: str | os.PathLike[str], line: int, message: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], line: int | None, message: str) -> None:
         self.path = os.fspath(path)
         self.line = line
         self.reason = message
-        super().__init__(f"{self.path}:{line}: {message}")
+        where = self.path if line is None else f"{self.path}:{line}"
+        super().__init__(f"{where}: {message}")
+
+
+class NoEntitiesError(DatasetFormatError):
+    """A dataset in which no example has an entity.
+
+    As training data it teaches a model to answer ``{"entities": []}``; as evaluation data it scores nothing.
+    It is most often a file read in the wrong format, so readers refuse it unless told the file is meant to be
+    unlabelled (``allow_empty=True``).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], examples: int, format: str) -> None:
+        self.examples = examples
+        self.format = format
+        found = "no examples" if examples == 0 else f"{examples} example(s), none with an entity"
+        super().__init__(path, None, f"{found} (read as {format}); unlabelled data must be allowed explicitly")
