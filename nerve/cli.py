@@ -25,11 +25,22 @@ BackendOpt = Annotated[str, typer.Option("--backend", help="Structured-output ba
 MaxLenOpt = Annotated[int, typer.Option("--max-model-len", help="Engine context length.")]
 GroundedOpt = Annotated[bool, typer.Option(
     "--grounded", help="Decode under a per-request grammar that only admits substrings of the input.")]
+FormatOpt = Annotated[str, typer.Option("--format", help="Data format: auto, cluener, conll, bmes, jsonl, prodigy.")]
+AllowNoEntitiesOpt = Annotated[bool, typer.Option(
+    "--allow-no-entities",
+    help="Accept gold data in which no example has an entity (otherwise an error: usually the wrong format).")]
 
 
 def fail(message: str, code: int = 2) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
+
+
+def fail_on_data(exc: Exception) -> None:
+    """Fail with a dataset error; a file without entities also names the flag that accepts it."""
+    from ner.readers import NoEntitiesError
+
+    fail(f"{exc} (--allow-no-entities)" if isinstance(exc, NoEntitiesError) else str(exc))
 
 
 @models_app.command("list")
@@ -136,10 +147,12 @@ def extract(
 
 @app.command("eval")
 def evaluate_cmd(
-    data: Annotated[Path, typer.Option("--data", "-d", help="Gold data: CLUENER JSON(L), CoNLL, BMES or nerve JSONL.")],
+    data: Annotated[Path, typer.Option(
+        "--data", "-d", help="Gold data: CLUENER JSON(L), CoNLL, BMES, nerve JSONL or Prodigy/spaCy JSONL.")],
     model: ModelOpt = "qwen2.5-coder-0.5b-instruct",
     task: TaskOpt = None,
-    fmt: Annotated[str, typer.Option("--format", help="Data format (auto, cluener, conll, bmes, jsonl).")] = "auto",
+    fmt: FormatOpt = "auto",
+    allow_no_entities: AllowNoEntitiesOpt = False,
     limit: Annotated[int | None, typer.Option(help="Score only the first N examples.")] = None,
     out: Annotated[Path, typer.Option(help="Folder for the report (JSON, Markdown, PNG).")] = Path("reports"),
     name: Annotated[str | None, typer.Option(help="Report name (default: model and data file).")] = None,
@@ -154,9 +167,9 @@ def evaluate_cmd(
     from .reports import write_report
 
     try:
-        examples = read_dataset(data, format=fmt)
+        examples = read_dataset(data, format=fmt, allow_empty=allow_no_entities)
     except (DatasetFormatError, FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
+        fail_on_data(exc)
     if limit:
         examples = examples[:limit]
     path, card, cfg = _engine_setup(model, task, backend, max_model_len)
@@ -300,11 +313,13 @@ def export_cmd(
 
 @data_app.command("report")
 def data_report_cmd(
-    file: Annotated[Path, typer.Argument(help="Dataset: CLUENER JSON/JSONL, CoNLL, BMES or nerve JSONL.")],
+    file: Annotated[Path, typer.Argument(
+        help="Dataset: CLUENER JSON/JSONL, CoNLL, BMES, nerve JSONL or Prodigy/spaCy JSONL.")],
     model: ModelOpt = "qwen2.5-coder-0.5b-instruct",
     task: TaskOpt = None,
     kind: Annotated[str, typer.Option(help="causal-lm (chat prompt + answer) or token-cls (encoder).")] = "causal-lm",
-    fmt: Annotated[str, typer.Option("--format", help="auto, cluener, conll, bmes, jsonl.")] = "auto",
+    fmt: FormatOpt = "auto",
+    allow_no_entities: AllowNoEntitiesOpt = False,
     percentile: Annotated[float, typer.Option(help="Token-length percentile that sets max_length.")] = 99.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -313,14 +328,17 @@ def data_report_cmd(
     from tuning.config import ConfigError
     from tuning.data import data_report
 
+    from .models import ModelError
+
     if kind not in ("causal-lm", "token-cls"):
         fail(f"--kind must be causal-lm or token-cls, not {kind!r}")
     if not file.is_file():
         fail(f"{file}: no such dataset file")
     try:
-        rep = data_report(file, model, task=task, kind=kind, format=fmt, length_percentile=percentile)
-    except (DatasetFormatError, ConfigError, FileNotFoundError) as exc:
-        fail(str(exc))
+        rep = data_report(file, model, task=task, kind=kind, format=fmt, length_percentile=percentile,
+                          allow_empty=allow_no_entities)
+    except (DatasetFormatError, ConfigError, FileNotFoundError, ModelError) as exc:
+        fail_on_data(exc)
     if as_json:
         print(json.dumps(rep.to_dict(), ensure_ascii=False, indent=2))
     else:

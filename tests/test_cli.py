@@ -38,6 +38,32 @@ def test_extract_file_errors_name_the_line(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "unknown model" in proc.stderr
 
 
+def said(proc: subprocess.CompletedProcess, text: str) -> bool:
+    """Whether stderr holds ``text``, however the console wrapped it."""
+    return "".join(text.split()) in "".join(proc.stderr.split())
+
+
+def test_gold_data_without_entities_needs_the_flag(tmp_path: Path, qwen_dir: Path) -> None:
+    data = tmp_path / "unlabelled.jsonl"
+    data.write_text('{"text": "Alice met Bob in Paris"}\n{"text": "nothing here"}\n')
+    refusal = f"{data}: 2 example(s), none with an entity (read as cluener); unlabelled data must be allowed " \
+              "explicitly (--allow-no-entities)"
+    not_a_model = tmp_path / "not-a-model"
+    not_a_model.mkdir()
+    proc = nerve("eval", "--data", str(data), "--model", str(not_a_model))
+    assert proc.returncode == 2 and said(proc, refusal), proc.stderr
+    proc = nerve("eval", "--data", str(data), "--model", str(not_a_model), "--allow-no-entities")
+    assert proc.returncode == 2 and said(proc, "not a Hugging Face checkpoint folder"), proc.stderr  # data was read
+
+    report = ("data", "report", str(data), "--model", str(qwen_dir), "--task", "conll2003", "--json")
+    proc = nerve(*report)
+    assert proc.returncode == 2 and said(proc, refusal), proc.stderr
+    proc = nerve(*report, "--allow-no-entities")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads(proc.stdout)
+    assert rep["examples"] == 2 and rep["without_entities"] == 2 and rep["entities"] == 0
+
+
 @pytest.mark.engine
 def test_extract_and_eval_end_to_end(tiny_qwen_dir: Path, tmp_path: Path) -> None:
     data = tmp_path / "gold.jsonl"

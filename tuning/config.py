@@ -76,8 +76,8 @@ class DataArgs:
 
     train_file: str = _f("", "Training data (CLUENER JSON, CoNLL columns, character BMES or nerve JSONL).")
     dev_file: str | None = _f(None, "Dev data for evaluation; if empty, `dev_ratio` of the training data is held out.")
-    format: str = _f("auto", "Dataset format: auto, cluener, conll, bmes or jsonl.",
-                     choices=("auto", "cluener", "conll", "bmes", "jsonl"))
+    format: str = _f("auto", "Dataset format: auto, cluener, conll, bmes, jsonl or prodigy.",
+                     choices=("auto", "cluener", "conll", "bmes", "jsonl", "prodigy"))
     conll_scheme: str = _f("auto", "Tagging scheme of CoNLL files: auto, iob1, iob2 or bioes.")
     task: str | None = _f(
         None,
@@ -101,6 +101,10 @@ class DataArgs:
     unknown_labels: str = _f(
         "error", "Entities whose label is not in the task's label set: error, or drop them (counted).",
         choices=("error", "drop"),
+    )
+    allow_no_entities: bool = _f(
+        False, "Accept a train or dev file in which no example has an entity (an error otherwise: such a file is "
+        "most often read in the wrong format, and a model trained on it learns to find nothing).",
     )
     seed: int = _f(13, "Seed of the dev split and of the subsets.")
 

@@ -27,7 +27,7 @@ from typing import Any
 from ner.card import CARD_FILENAME, TaskCard
 from ner.labels import PRESETS, LabelSet
 from ner.prompts import render_answer, render_training_pair
-from ner.readers import read_dataset
+from ner.readers import NoEntitiesError, read_dataset
 from ner.schema import TEXT_PATTERN  # noqa: F401  (documents which texts the schema admits)
 from ner.types import Example
 
@@ -44,8 +44,13 @@ _CHECK_DECODE = 64
 # --- reading and splitting -----------------------------------------------------------------------------
 
 
-def load_examples(path: str | Path, format: str = "auto", conll_scheme: str = "auto") -> list[Example]:
-    """Examples of a dataset file (any format :func:`ner.readers.read_dataset` reads)."""
+def load_examples(path: str | Path, format: str = "auto", conll_scheme: str = "auto", *,
+                  allow_empty: bool = False) -> list[Example]:
+    """Examples of a dataset file (any format :func:`ner.readers.read_dataset` reads).
+
+    A file in which no example has an entity raises :class:`ner.readers.NoEntitiesError` unless
+    ``allow_empty`` is set.
+    """
     resolved = expand_path(str(path))
     assert resolved is not None
     if not Path(resolved).is_file():
@@ -53,7 +58,7 @@ def load_examples(path: str | Path, format: str = "auto", conll_scheme: str = "a
     opts: dict[str, Any] = {}
     if format == "conll" or (format == "auto" and conll_scheme != "auto"):
         opts["scheme"] = conll_scheme
-    return read_dataset(resolved, format=format, **opts)
+    return read_dataset(resolved, format=format, allow_empty=allow_empty, **opts)
 
 
 def subset(examples: Sequence[Example], n: int | None, seed: int) -> list[Example]:
@@ -78,12 +83,22 @@ def split_train_dev(examples: Sequence[Example], dev_ratio: float, seed: int) ->
 
 
 def load_splits(data: DataArgs) -> tuple[list[Example], list[Example]]:
-    """Training and dev examples as configured (dev may be empty)."""
+    """Training and dev examples as configured (dev may be empty).
+
+    A train or dev file without any entity is a :class:`ConfigError` unless ``data.allow_no_entities``.
+    """
     if not data.train_file:
         raise ConfigError("data.train_file is required")
-    train = load_examples(data.train_file, data.format, data.conll_scheme)
+
+    def load(path: str) -> list[Example]:
+        try:
+            return load_examples(path, data.format, data.conll_scheme, allow_empty=data.allow_no_entities)
+        except NoEntitiesError as exc:
+            raise ConfigError(f"{exc} (data.allow_no_entities: true)") from exc
+
+    train = load(data.train_file)
     if data.dev_file:
-        dev = load_examples(data.dev_file, data.format, data.conll_scheme)
+        dev = load(data.dev_file)
     else:
         train, dev = split_train_dev(train, data.dev_ratio, data.seed)
     train = subset(train, data.max_train_examples, data.seed)
@@ -443,12 +458,14 @@ def data_report(
     length_percentile: float = 99.0,
     overlength: str = "drop",
     split: str | None = None,
+    allow_empty: bool = False,
 ) -> DataReport:
     """Entity counts and token lengths of a dataset for a model (``nerve data report``).
 
     ``data`` is a dataset file or examples; ``model`` a nerve model name or checkpoint folder; the labels come
     from ``card``, else ``task`` (preset or card path), else the model's own card, else the data. ``kind`` is
     ``causal-lm`` (prompt + completion tokens through the chat template) or ``token-cls`` (encoder tokens).
+    A dataset file without any entity raises :class:`ner.readers.NoEntitiesError` unless ``allow_empty``.
     """
     from transformers import AutoTokenizer
 
@@ -456,7 +473,7 @@ def data_report(
 
     if isinstance(data, str | Path):
         split = split or Path(str(data)).name
-        examples = load_examples(data, format)
+        examples = load_examples(data, format, allow_empty=allow_empty)
     else:
         examples = list(data)
         split = split or "examples"

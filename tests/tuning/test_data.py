@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from ner.card import TaskCard
+from ner.readers import NoEntitiesError
 from ner.types import Entity, Example
-from tests.tuning.conftest import synth_examples
-from tuning.config import ConfigError, DataArgs
+from tests.tuning.conftest import synth_examples, write_jsonl
+from tuning.config import ConfigError, DataArgs, load_config
 from tuning.data import (
     IGNORE_INDEX,
     Encoded,
@@ -16,6 +17,7 @@ from tuning.data import (
     data_report,
     encode_causal,
     end_of_turn,
+    load_splits,
     percentile,
     report_causal,
     resolve_card,
@@ -156,3 +158,24 @@ def test_real_datasets_read_and_report(datasets_dir, tokenizer) -> None:
         eot = end_of_turn(tokenizer, card)
         rep = report_causal("dev", examples, encode_causal(tokenizer, card, examples, eot), card, DataArgs())
         assert rep.examples == 50 and rep.lengths.p50 > 0 and set(rep.labels) == set(card.labels.names)
+
+
+def test_train_or_dev_files_without_entities_are_refused_unless_allowed(tmp_path, chat_tokenizer_dir) -> None:
+    labelled = write_jsonl(tmp_path / "train.jsonl", synth_examples(4))
+    empty = write_jsonl(tmp_path / "dev.jsonl", [Example(ex.text, id=ex.id) for ex in synth_examples(3)])
+    refusal = (f"{empty}: 3 example(s), none with an entity (read as jsonl); unlabelled data must be allowed "
+               "explicitly (data.allow_no_entities: true)")
+    for args in (DataArgs(train_file=str(empty)), DataArgs(train_file=str(labelled), dev_file=str(empty))):
+        with pytest.raises(ConfigError) as info:
+            load_splits(args)
+        assert str(info.value) == refusal and isinstance(info.value.__cause__, NoEntitiesError)
+    cfg = load_config(None, ["--data.train_file", str(labelled), "--data.dev_file", str(empty),
+                             "--data.allow_no_entities", "true"])
+    train, dev = load_splits(cfg.data)
+    assert len(train) == 4 and all(ex.entities for ex in train)
+    assert len(dev) == 3 and not any(ex.entities for ex in dev)
+
+    with pytest.raises(NoEntitiesError, match="3 example\\(s\\), none with an entity"):
+        data_report(empty, chat_tokenizer_dir, task="conll2003")
+    rep = data_report(empty, chat_tokenizer_dir, task="conll2003", allow_empty=True)
+    assert rep.examples == 3 and rep.without_entities == 3 and rep.entities == 0
