@@ -24,6 +24,7 @@ from pathlib import Path
 from ner.card import ENCODER_FILENAME, TaskCard
 from ner.labels import LabelSet
 from ner.types import Entity
+from nerve.hardware import DtypeChoice
 
 from .pipeline import ExtractionResult, ExtractorBase, InputError, Limits, Usage, _check_text
 
@@ -62,6 +63,7 @@ class EncoderEngine:
         self._model = tagger_extractor
         self.tokenizer = tagger_extractor.tokenizer
         self.version = f"nerve-encoder (transformers {transformers.__version__})"
+        self.dtype = DtypeChoice("float32", "token-classification checkpoints run in float32")
         self.max_model_len = tagger_extractor.max_length
         self.batches = 0
         self.batch_sizes: list[int] = []

@@ -29,6 +29,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from nerve.hardware import DTYPES, DtypeChoice, choose_dtype
+
 log = logging.getLogger(__name__)
 
 StructuredBackend = Literal["xgrammar", "guidance", "outlines"]
@@ -43,7 +45,9 @@ class EngineConfig:
     """Settings of the vLLM engine (a subset of vLLM's ``EngineArgs`` that nerve exposes)."""
 
     model: str = field(default="", metadata={"help": "Checkpoint folder (a Hugging Face folder with config.json)."})
-    dtype: str = field(default="bfloat16", metadata={"help": "Weights and activations dtype (bfloat16, float16, auto)."})
+    dtype: str = field(default="auto", metadata={
+        "help": "Weights and activations dtype: auto (bfloat16 on GPUs and CPUs with native bf16, float32 on other "
+                "CPUs, where bf16 is emulated), float32, bfloat16 or float16."})
     max_model_len: int = field(default=8192, metadata={
         "help": "Context length; prompt tokens plus the schema's worst-case answer must fit."})
     max_num_seqs: int = field(default=64, metadata={"help": "Most sequences decoded together in one engine step."})
@@ -66,6 +70,8 @@ class EngineConfig:
             raise ValueError(f"cpu_grammar_mask must be one of {CPU_GRAMMAR_MASKS}, not {self.cpu_grammar_mask!r}")
         if self.max_model_len < 256:
             raise ValueError("max_model_len must be at least 256")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, not {self.dtype!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,9 +237,11 @@ def vllm_version() -> str:
 class VllmEngine:
     """Async structured generation on vLLM. Create with :meth:`start`, release with :meth:`close`."""
 
-    def __init__(self, llm: Any, cfg: EngineConfig):
+    def __init__(self, llm: Any, cfg: EngineConfig, dtype: DtypeChoice | None = None):
         self._llm = llm
         self.config = cfg
+        self.dtype = dtype if dtype is not None else choose_dtype(cfg.dtype)
+        """The dtype the engine runs in, and why (``auto`` resolved for this hardware)."""
         self.tokenizer = llm.get_tokenizer() if not asyncio.iscoroutinefunction(llm.get_tokenizer) else None
         self.version = vllm_version()
         self._closed = False
@@ -243,6 +251,8 @@ class VllmEngine:
         if not cfg.model or not os.path.isfile(os.path.join(cfg.model, "config.json")):
             raise EngineError(f"{cfg.model!r} is not a checkpoint folder (no config.json)")
         _prepare_environment(cfg)
+        dtype = choose_dtype(cfg.dtype)
+        log.info("engine dtype: %s", dtype)
         try:
             from vllm.engine.arg_utils import AsyncEngineArgs
             from vllm.v1.engine.async_llm import AsyncLLM
@@ -252,7 +262,7 @@ class VllmEngine:
             ) from exc
         args = AsyncEngineArgs(
             model=cfg.model,
-            dtype=cfg.dtype,
+            dtype=dtype.dtype,
             max_model_len=cfg.max_model_len,
             max_num_seqs=cfg.max_num_seqs,
             enforce_eager=cfg.enforce_eager,
@@ -271,11 +281,11 @@ class VllmEngine:
             llm = AsyncLLM.from_engine_args(args)
         except Exception as exc:
             raise EngineError(f"vLLM could not load {cfg.model}: {type(exc).__name__}: {exc}") from exc
-        engine = cls(llm, cfg)
+        engine = cls(llm, cfg, dtype)
         if engine.tokenizer is None:
             engine.tokenizer = await llm.get_tokenizer()
-        log.info("engine ready: %s, %s, backend %s, %.1f s", cfg.model, engine.version, cfg.structured_backend,
-                 time.perf_counter() - t0)
+        log.info("engine ready: %s, %s, %s, backend %s, %.1f s", cfg.model, engine.version, dtype.dtype,
+                 cfg.structured_backend, time.perf_counter() - t0)
         return engine
 
     @property

@@ -46,7 +46,7 @@ class Metrics:
             "Time to first token of requests that introduced a new schema (includes grammar compilation).",
             buckets=_LATENCY_BUCKETS, registry=r)
         self.model_info = Gauge("nerve_model_info", "The served model (value 1).",
-                                ["model", "engine", "backend", "task"], registry=r)
+                                ["model", "engine", "backend", "task", "dtype"], registry=r)
         self.ready = Gauge("nerve_ready", "1 when the model is loaded and warmed up and the server is not draining.",
                            registry=r)
 

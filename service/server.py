@@ -147,7 +147,7 @@ class NerveServer:
         self.state.model_name = Path(self.cfg.model).name
         self.state.model_path = str(path)
         self.metrics.model_info.labels(self.state.model_name, self.engine.version,
-                                       engine_cfg.structured_backend, card.name).set(1)
+                                       engine_cfg.structured_backend, card.name, self.engine.dtype.dtype).set(1)
         if self.state.draining:
             return
         self.state.extractor = extractor

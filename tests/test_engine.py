@@ -204,3 +204,29 @@ def test_real_model_on_both_datasets(loop_thread, qwen_dir, datasets_dir) -> Non
     # Zero-shot F1 of a 0.5B model is low (bench/reports/zeroshot) and a handful of sentences can miss on
     # one dataset; across both, a working prompt + schema + grounding path finds some gold entities.
     assert sum(r.micro.tp for r in reports) > 0, "\n".join(r.to_markdown() for r in reports)
+
+
+def test_engine_dtype_auto_reaches_vllm(tiny_engine) -> None:
+    """``dtype: auto`` is resolved for this hardware before vLLM sees it, and vLLM runs what was chosen."""
+    import torch
+
+    from nerve.hardware import choose_dtype
+
+    assert tiny_engine.config.dtype == "auto"
+    expected = choose_dtype("auto").dtype
+    assert tiny_engine.dtype.dtype == expected and tiny_engine.dtype.reason
+    assert tiny_engine._llm.model_config.dtype == getattr(torch, expected)
+
+
+@pytest.mark.engine
+def test_engine_explicit_dtype_wins(loop_thread, tiny_qwen_dir) -> None:
+    import torch
+
+    from tests.conftest import start_engine
+
+    engine = start_engine(loop_thread, tiny_qwen_dir, dtype="float32", max_model_len=1024)
+    try:
+        assert engine.dtype.dtype == "float32" and engine.dtype.reason == "set explicitly"
+        assert engine._llm.model_config.dtype == torch.float32
+    finally:
+        engine.close()

@@ -56,8 +56,9 @@ class ModelArgs:
     )
     dtype: str = _f(
         "auto",
-        "Weights dtype while training: auto (float32 for trainable weights; bfloat16 for a frozen LoRA base on a "
-        "GPU with bf16), float32, bfloat16 or float16.",
+        "Compute dtype: auto (bfloat16 where the hardware computes it natively: GPUs with bf16, CPUs with "
+        "AVX-512 BF16 or AMX; float32 elsewhere), float32, bfloat16 or float16. Under auto, trainable weights stay "
+        "float32 with bf16 mixed precision and a frozen LoRA base is loaded in bf16.",
         choices=("auto", "float32", "bfloat16", "float16"),
     )
     attn_implementation: str = _f(
@@ -158,8 +159,8 @@ class TrainArgs:
     eval_steps: int = _f(0, "Evaluate on the dev set every N steps (0: only at the end).")
     save_steps: int = _f(200, "Save a checkpoint every N steps (a multiple of `eval_steps` when both are set).")
     save_total_limit: int | None = _f(3, "Checkpoints to keep (the best one is always kept).")
-    bf16: bool | None = _f(None, "bf16 mixed precision: true, false, or empty for auto (on when the GPU supports "
-                                 "it; off on CPU).")
+    bf16: bool | None = _f(None, "bf16 mixed precision: true, false, or empty for auto (on when the compute "
+                                 "dtype is bfloat16, see model.dtype).")
     packing: bool = _f(False, "Pack several examples into one row, with attention boundaries between them.")
     selective_logits: bool = _f(True, "Compute the output layer only at positions that have a label "
                                       "(the completion), not over the prompt.")

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from ner.card import CARD_FILENAME, TaskCard
+from nerve.hardware import describe_machine
 
 from .collate import ListDataset, PackedCollator, PaddingCollator, check_packing, pack_features
 from .config import ConfigError, TuneConfig, expand_path, load_config
@@ -40,7 +41,7 @@ from .data import (
     restrict_labels,
 )
 from .export import RUN_FILENAME
-from .methods import cuda_bf16, get_method, trainable_summary
+from .methods import compute_dtype, get_method, mixed_precision_bf16, trainable_summary
 
 logger = logging.getLogger("nerve.tuning")
 
@@ -104,7 +105,7 @@ def training_arguments(cfg: TuneConfig, run_dir: Path, *, has_eval: bool, metric
                           "so that the best checkpoint is saved")
     if t.max_steps <= 0 and t.num_train_epochs <= 0:
         raise ConfigError("set train.max_steps > 0 or train.num_train_epochs > 0")
-    bf16 = cuda_bf16() if t.bf16 is None else t.bf16
+    bf16 = mixed_precision_bf16(cfg)
     return TrainingArguments(
         output_dir=str(run_dir),
         seed=t.seed,
@@ -244,6 +245,9 @@ def run_config(cfg: TuneConfig, *, callbacks: Sequence[Any] = (), console=None) 
     args = training_arguments(cfg, run_dir, has_eval=bool(dev_feats), metric=metric)
 
     # --- model -------------------------------------------------------------------------------------------
+    dtype = compute_dtype(cfg)
+    logger.info("compute dtype: %s; weights loaded as %s, bf16 mixed precision %s", dtype,
+                str(method.train_dtype(cfg)).replace("torch.", ""), "on" if args.bf16 else "off")
     model = method.load(model_path, cfg, tags=tags)
     logger.info("method %s: %s", method.name, trainable_summary(model))
     pad = tokenizer.pad_token_id
@@ -280,6 +284,9 @@ def run_config(cfg: TuneConfig, *, callbacks: Sequence[Any] = (), console=None) 
         "status": "training", "method": method.name, "kind": method.kind, "base_model": cfg.model.name_or_path,
         "base_model_path": str(model_path), "final_dir": "final", "max_length": max_len,
         "card": card.to_dict(),
+        "dtype": {"compute": dtype.dtype, "reason": dtype.reason, "weights": str(method.train_dtype(cfg)).replace(
+            "torch.", ""), "bf16_mixed_precision": bool(args.bf16)},
+        "machine": describe_machine(),
     }
     if main_process:
         cfg.save(run_dir / "config.yaml")

@@ -217,3 +217,30 @@ def test_torchrun_data_parallel_on_cpu(tiny_causal_dir, synth_files, tmp_path) -
     assert record["resources"]["train_tokens"] > 0
     assert (run / "final" / "adapter_config.json").is_file() and (run / "final" / "nerve_task.json").is_file()
     assert sum("loss" in r for r in _log(run)) == 2  # logged once (main process), not once per rank
+
+
+@pytest.mark.parametrize(("native_bf16", "weights"), [(False, "float32"), (True, "bfloat16")])
+def test_auto_dtype_reaches_the_trainer(tiny_causal_dir, synth_files, tmp_path, monkeypatch, native_bf16,
+                                        weights) -> None:
+    """``model.dtype: auto`` loads a LoRA base in bf16 and turns on bf16 autocast only where bf16 is native."""
+    from nerve import hardware
+
+    flags = frozenset({"avx2", "avx512_bf16"} if native_bf16 else {"avx2"})
+    monkeypatch.setattr(hardware, "cpu_info", lambda: hardware.CpuInfo("test CPU", "x86_64", 2, flags, "AVX2"))
+    monkeypatch.setattr(hardware, "accelerator", lambda: hardware.Accelerator(cuda=False))
+    seen: list[torch.dtype] = []
+    original = get_method("lora").__class__._load_causal
+
+    def spy(self, model_path, cfg, **extra):
+        model = original(self, model_path, cfg, **extra)
+        seen.append(next(model.parameters()).dtype)
+        return model
+
+    monkeypatch.setattr(get_method("lora").__class__, "_load_causal", spy)
+    run = tune(TINY, tiny_overrides(tiny_causal_dir, synth_files, tmp_path / "run", "--train.max_steps", "1",
+                                    "--train.eval_steps", "0", "--train.save_steps", "1"))
+    record = json.loads((run / "nerve_run.json").read_text())
+    assert record["dtype"]["compute"] == weights and record["dtype"]["weights"] == weights
+    assert record["dtype"]["bf16_mixed_precision"] is native_bf16
+    assert record["machine"]["cpu"]["native_bf16"] is native_bf16
+    assert seen == [getattr(torch, weights)]
