@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import json
 import logging
 import time
 import uuid
@@ -80,6 +81,8 @@ class RpcRecorder:
         self.start = time.perf_counter()
         self.code = grpc.StatusCode.OK
         self.fields: dict[str, Any] = {}
+        self.texts: list[str] | None = None
+        """The request's texts, logged (as a JSON list, last on the line) when set: user data, opt-in only."""
         context.set_trailing_metadata((("x-request-id", self.rid),))
 
     async def fail(self, exc: BaseException) -> None:
@@ -97,7 +100,10 @@ class RpcRecorder:
         elapsed = time.perf_counter() - self.start
         self.metrics.requests.labels(self.method, self.code.name).inc()
         self.metrics.request_seconds.labels(self.method).observe(elapsed)
-        extra = " ".join(f"{k}={v}" for k, v in self.fields.items())
+        parts = [f"{k}={v}" for k, v in self.fields.items()]
+        if self.texts is not None:
+            parts.append(f"request_texts={json.dumps(self.texts, ensure_ascii=False)}")
+        extra = " ".join(parts)
         log.info("rpc=%s request_id=%s code=%s seconds=%.3f %s", self.method, self.rid, self.code.name, elapsed, extra)
         REQUEST_ID.reset(self.token)
 

@@ -128,6 +128,8 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
     @unary("Extract")
     async def Extract(self, request: spb.ExtractRequest, context: grpc.aio.ServicerContext,  # noqa: N802
                       rec: RpcRecorder) -> spb.ExtractResponse:
+        if self.cfg.log_texts:
+            rec.texts = [request.text]
         ex = self._extractor()
         max_entities = self._max_entities(request.max_entities)
         ex.prepare(request.text, request.labels or None, max_entities)  # validate before queueing
@@ -144,6 +146,8 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
     @unary("ExtractBatch")
     async def ExtractBatch(self, request: spb.ExtractBatchRequest, context: grpc.aio.ServicerContext,  # noqa: N802
                            rec: RpcRecorder) -> spb.ExtractBatchResponse:
+        if self.cfg.log_texts:
+            rec.texts = list(request.texts)
         ex = self._extractor()
         texts = list(request.texts)
         if not texts:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import grpc
@@ -129,6 +130,31 @@ def test_invalid_arguments(start_server) -> None:
     for stream in ([example], [config], [config, config], [config, bad_offsets], [config, bad_label]):
         c = code_of(lambda s=stream: list(r.stub.Evaluate(iter(s), timeout=30)))
         assert c == grpc.StatusCode.INVALID_ARGUMENT, stream
+
+
+def test_request_texts_are_logged_only_when_asked(start_server, caplog) -> None:
+    text = 'Zoë said "hi"\nin Paris'
+    quiet, verbose = start_server(), start_server(log_texts=True)
+    with caplog.at_level(logging.INFO, logger="nerve.service"):
+        quiet.stub.Extract(spb.ExtractRequest(text=text), timeout=60)
+        verbose.stub.Extract(spb.ExtractRequest(text=text), metadata=(("x-request-id", "logged-1"),), timeout=60)
+        verbose.stub.ExtractBatch(spb.ExtractBatchRequest(texts=[text, "Bob"]),
+                                  metadata=(("x-request-id", "logged-2"),), timeout=60)
+        code_of(verbose.stub.Extract, spb.ExtractRequest(text="x" * 5000), metadata=(("x-request-id", "logged-3"),),
+                timeout=60)
+        lines = {}
+        for _ in range(50):  # the line is written when the call closes, which may be after the client has its answer
+            lines = {rec.getMessage().split("request_id=")[1].split()[0]: rec.getMessage()
+                     for rec in caplog.records if rec.getMessage().startswith("rpc=")}
+            if {"logged-1", "logged-2", "logged-3"} <= set(lines):
+                break
+            time.sleep(0.1)
+    assert all("\n" not in line for line in lines.values())  # one line per request
+    assert lines["logged-1"].endswith(" request_texts=" + json.dumps([text], ensure_ascii=False))
+    assert lines["logged-2"].endswith(" request_texts=" + json.dumps([text, "Bob"], ensure_ascii=False))
+    assert "code=INVALID_ARGUMENT" in lines["logged-3"] and "x" * 5000 in lines["logged-3"]
+    quiet_lines = [line for rid, line in lines.items() if not rid.startswith("logged-")]
+    assert quiet_lines and not any("request_texts=" in line or "Zoë" in line for line in quiet_lines)
 
 
 def test_not_ready_is_unavailable_and_health_transitions(start_server, tiny_engine) -> None:
