@@ -24,7 +24,7 @@ from ner.types import Entity, Example
 from .config import ServeConfig
 from .errors import DeadlineExpired, FailedPrecondition, Forbidden, NotFound, NotReady, Overloaded, RpcRecorder, streaming, unary
 from .metrics import Metrics
-from .pipeline import ExtractionResult, Extractor, InputError
+from .pipeline import ExtractionResult, Extractor, ExtractorBase, InputError
 
 _FORMATS = {
     spb.DATASET_FORMAT_UNSPECIFIED: "auto",
@@ -118,9 +118,11 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
         )
 
     @staticmethod
-    def _max_entities(value: int) -> int | None:
-        if value < 0:
-            raise InputError("max_entities must not be negative")
+    def _max_entities(value: int, ex: ExtractorBase) -> int | None:
+        bound = ex.card.bounds.max_entities
+        if not 0 <= value <= bound:
+            raise InputError(f"max_entities is {value}; it must be in [1, {bound}] (the task card's bound), or 0 for"
+                             " the bound")
         return value or None
 
     # -- RPCs ------------------------------------------------------------------------------------------------
@@ -131,7 +133,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
         if self.cfg.log_texts:
             rec.texts = [request.text]
         ex = self._extractor()
-        max_entities = self._max_entities(request.max_entities)
+        max_entities = self._max_entities(request.max_entities, ex)
         ex.prepare(request.text, request.labels or None, max_entities)  # validate before queueing
         self._check_deadline(context)
         with self._admit(1):
@@ -157,7 +159,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
         size = sum(len(t.encode("utf-8")) for t in texts)
         if size > self.cfg.max_batch_bytes:
             raise InputError(f"{size} bytes of text; the limit is {self.cfg.max_batch_bytes} per call")
-        max_entities = self._max_entities(request.max_entities)
+        max_entities = self._max_entities(request.max_entities, ex)
         for i, t in enumerate(texts):
             try:
                 ex.prepare(t, request.labels or None, max_entities)
@@ -217,7 +219,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
         started = time.perf_counter()
         queue: asyncio.Queue[int] = asyncio.Queue()
         window = asyncio.Semaphore(max(1, min(self.cfg.engine.max_num_seqs, self.cfg.max_queue // 2)))
-        max_entities = self._max_entities(config.max_entities)
+        max_entities = self._max_entities(config.max_entities, ex)
 
         async def one(i: int, example: Example) -> ExtractionResult:
             async with window:

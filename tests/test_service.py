@@ -132,6 +132,23 @@ def test_invalid_arguments(start_server) -> None:
         assert c == grpc.StatusCode.INVALID_ARGUMENT, stream
 
 
+def test_max_entities_above_the_card_bound_is_invalid_argument(start_server) -> None:
+    r = start_server()
+    bound = r.stub.GetModelInfo(spb.GetModelInfoRequest(), timeout=10).model_info.task_card.bounds.max_entities
+    config = spb.EvaluateConfig(inline_examples=spb.InlineSource(), max_entities=bound + 1)
+    calls = [lambda: r.stub.Extract(spb.ExtractRequest(text="Peter", max_entities=bound + 1), timeout=10),
+             lambda: r.stub.ExtractBatch(spb.ExtractBatchRequest(texts=["Peter"], max_entities=bound + 1), timeout=10),
+             lambda: list(r.stub.Evaluate(iter([spb.EvaluateRequest(config=config),
+                                                spb.EvaluateRequest(example=tpb.Example(text="Peter"))]), timeout=30))]
+    for call in calls:
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"[1, {bound}]" in err.value.details() and str(bound + 1) in err.value.details()
+    assert code_of(r.stub.Extract, spb.ExtractRequest(text="Peter", max_entities=bound), timeout=60) == \
+        grpc.StatusCode.OK
+
+
 def test_request_texts_are_logged_only_when_asked(start_server, caplog) -> None:
     text = 'Zoë said "hi"\nin Paris'
     quiet, verbose = start_server(), start_server(log_texts=True)
