@@ -7,7 +7,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,8 @@ from nerve_client._proto.nerve.v1 import service_pb2 as spb
 from nerve_client._proto.nerve.v1 import service_pb2_grpc
 from nerve_client._proto.nerve.v1 import types_pb2 as tpb
 
-from ner.readers import read_dataset
+from ner.readers import detect_format, read_dataset
+from ner.readers.conll import normalize_scheme
 from ner.schema import output_spec
 from ner.scoring import LabelScore, Scorer
 from ner.types import Entity, Example
@@ -33,6 +34,57 @@ _FORMATS = {
     spb.DATASET_FORMAT_CONLL: "conll",
     spb.DATASET_FORMAT_BMES: "bmes",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class _EvalPlan:
+    """The checked options of one Evaluate call."""
+
+    labels: list[str] | None
+    """The requested label subset (None: all the card's labels)."""
+    names: tuple[str, ...]
+    """The labels extracted and scored, in card order."""
+    left_out: frozenset[str]
+    """Card labels outside the subset: their gold entities are ignored."""
+    max_entities: int | None
+    limit: int | None
+    cap: int | None
+    """The server's most examples per call (None: no limit)."""
+    include_errors: bool
+
+    def check(self, index: int, example: Example, ex: ExtractorBase) -> tuple[Example, int]:
+        """The example ready to score, with the number of its gold entities ignored (labels left out)."""
+        try:
+            ex.prepare(example.text, self.labels, self.max_entities)
+        except InputError as exc:
+            raise InputError(f"example {index}: {exc}") from None
+        ignored = {g.key for g in example.entities if g.label in self.left_out}
+        if ignored:
+            example = replace(example, entities=[g for g in example.entities if g.label not in self.left_out])
+        return example, len(ignored)
+
+
+async def _aiter(items: list[Any]) -> AsyncIterator[Any]:
+    for item in items:
+        yield item
+
+
+def _read_server_dataset(path: Path, fmt: str, scheme: str) -> list[Example]:
+    """A dataset file; the scheme applies to CoNLL files only. A malformed file is a FailedPrecondition."""
+    try:
+        if fmt == "auto":
+            fmt = detect_format(path)
+        opts: dict[str, str] = {}
+        if scheme and fmt == "conll":
+            try:
+                opts["scheme"] = normalize_scheme(scheme)
+            except ValueError as exc:
+                raise InputError(f"dataset.scheme: {exc}") from None
+        return read_dataset(path, fmt, **opts)
+    except InputError:
+        raise
+    except ValueError as exc:  # the server-side file is malformed, not the request
+        raise FailedPrecondition(str(exc)) from None
 
 
 @dataclass
@@ -204,100 +256,152 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
     async def Evaluate(self, request_iterator: AsyncIterator[spb.EvaluateRequest],  # noqa: N802
                        context: grpc.aio.ServicerContext, rec: RpcRecorder) -> AsyncIterator[spb.EvaluateResponse]:
         ex = self._extractor()
-        config, examples = await self._read_evaluation(request_iterator, ex)
-        labels = list(config.labels) or None
-        label_names = ex.labels_for(labels).names
-        for i, example in enumerate(examples):
-            ex.prepare(example.text, labels)  # every text valid before any is generated
-            unknown = {e.label for e in example.entities} - set(label_names)
-            if unknown:
-                raise InputError(f"example {i}: gold labels {sorted(unknown)} are not among {label_names}")
-        rec.fields.update(examples=len(examples))
-        total = len(examples)
-        yield spb.EvaluateResponse(progress=spb.EvaluateProgress(done=0, total=total, elapsed_seconds=0.0))
-
-        started = time.perf_counter()
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        window = asyncio.Semaphore(max(1, min(self.cfg.engine.max_num_seqs, self.cfg.max_queue // 2)))
-        max_entities = self._max_entities(config.max_entities, ex)
-
-        async def one(i: int, example: Example) -> ExtractionResult:
-            async with window:
-                with self._admit(1, force=True):
-                    r = await ex.extract(example.text, labels=labels, max_entities=max_entities, request_id=rec.rid)
-            self._record(r)
-            queue.put_nowait(i)
-            return r
-
-        tasks = [asyncio.ensure_future(one(i, e)) for i, e in enumerate(examples)]
-        gathered = asyncio.gather(*tasks)
-        try:
-            done, last = 0, time.perf_counter()
-            step = max(1, total // 50)
-            while done < total:
-                getter = asyncio.ensure_future(queue.get())
-                await asyncio.wait({getter, gathered}, return_when=asyncio.FIRST_COMPLETED)
-                if not getter.done():
-                    getter.cancel()
-                    gathered.result()  # raises the failure of a task
-                    continue
-                done += 1
-                now = time.perf_counter()
-                if done == total or done % step == 0 or now - last > 1.0:
-                    last = now
-                    yield spb.EvaluateResponse(progress=spb.EvaluateProgress(
-                        done=done, total=total, elapsed_seconds=now - started))
-            results = await gathered
-        except BaseException:
-            for t in tasks:
-                t.cancel()
-            raise
-        yield spb.EvaluateResponse(report=self._report(examples, results, label_names, config.include_errors,
-                                                       time.perf_counter() - started))
-
-    async def _read_evaluation(self, request_iterator: AsyncIterator[spb.EvaluateRequest],
-                               ex: Extractor) -> tuple[spb.EvaluateConfig, list[Example]]:
-        first = await anext(aiter(request_iterator), None)
+        stream = aiter(request_iterator)
+        first = await anext(stream, None)
+        received = time.perf_counter()  # the clock of every elapsed_seconds of the call
         if first is None or first.WhichOneof("kind") != "config":
             raise InputError("the first Evaluate message must carry the config")
         config = first.config
+        plan = self._evaluation_plan(config, ex)
+        source = config.WhichOneof("source")
+        if source == "dataset":
+            dataset = await self._dataset_examples(config.dataset, stream, plan)
+            checked = [plan.check(i, e, ex) for i, e in enumerate(dataset)]  # all valid before any is scored
+            examples: AsyncIterator[tuple[Example, int]] = _aiter(checked)
+            total: int | None = len(checked)
+        elif source == "inline_examples":
+            expected = config.inline_examples.expected_examples
+            if expected < 0:
+                raise InputError("inline_examples.expected_examples must not be negative")
+            total = min(expected, plan.limit or expected) or None
+            examples = self._inline_examples(stream, plan, ex)
+        else:
+            raise InputError("config.source is required: inline_examples or dataset")
+        async for response in self._score(ex, plan, examples, total, received, rec):
+            yield response
+
+    def _evaluation_plan(self, config: spb.EvaluateConfig, ex: Extractor) -> _EvalPlan:
         if config.limit < 0:
             raise InputError("limit must not be negative")
-        cap = min(config.limit or self.cfg.max_eval_examples, self.cfg.max_eval_examples)
-        examples: list[Example] = []
-        if config.WhichOneof("source") == "dataset":
-            path = self._allowed_path(config.dataset.path)
-            opts: dict[str, Any] = {}
-            if config.dataset.scheme:
-                opts["scheme"] = config.dataset.scheme
-            try:
-                examples = await asyncio.to_thread(read_dataset, path, _FORMATS.get(config.dataset.format, "auto"),
-                                                   **opts)
-            except ValueError as exc:  # the server-side file is malformed, not the request
-                raise FailedPrecondition(str(exc)) from None
-            if await anext(aiter(request_iterator), None) is not None:
-                raise InputError("a dataset evaluation takes no streamed examples")
-            if not config.limit and len(examples) > cap:
-                raise InputError(f"the dataset has {len(examples)} examples; the limit is {cap} (pass limit)")
-            return config, examples[:cap]
+        labels = list(dict.fromkeys(config.labels)) or None
+        names = ex.labels_for(labels).names
+        cap = self.cfg.max_eval_examples if self.cfg.max_eval_examples > 0 else None
+        return _EvalPlan(labels=labels, names=tuple(names), left_out=frozenset(ex.card.labels.names) - set(names),
+                         max_entities=self._max_entities(config.max_entities, ex), limit=config.limit or None,
+                         cap=cap, include_errors=config.include_errors)
+
+    async def _dataset_examples(self, dataset: spb.DatasetSource, stream: AsyncIterator[spb.EvaluateRequest],
+                                plan: _EvalPlan) -> list[Example]:
+        path = self._allowed_path(dataset.path)
+        examples = await asyncio.to_thread(_read_server_dataset, path, _FORMATS.get(dataset.format, "auto"),
+                                           dataset.scheme)
+        if await anext(stream, None) is not None:
+            raise InputError("a dataset evaluation takes no streamed examples")
+        examples = examples[:plan.limit] if plan.limit else examples
+        if plan.cap is not None and len(examples) > plan.cap:
+            raise InputError(f"the dataset has {len(examples)} examples to score; the limit is {plan.cap} per call"
+                             " (pass a smaller limit)")
+        return examples
+
+    @staticmethod
+    async def _inline_examples(stream: AsyncIterator[spb.EvaluateRequest], plan: _EvalPlan,
+                               ex: Extractor) -> AsyncIterator[tuple[Example, int]]:
+        """The streamed examples, each checked as it arrives; reading stops after ``limit`` examples."""
         index = 0
-        async for msg in request_iterator:
-            index += 1
+        while plan.limit is None or index < plan.limit:
+            msg = await anext(stream, None)
+            if msg is None:
+                return
             if msg.WhichOneof("kind") != "example":
-                raise InputError(f"message {index}: only examples may follow the config")
-            if len(examples) >= cap:
-                if config.limit:
-                    continue  # read and ignore the rest of the stream
-                raise InputError(f"more than {cap} examples; the limit is {self.cfg.max_eval_examples}")
+                raise InputError(f"message {index + 1}: only examples may follow the config")
+            if plan.cap is not None and index >= plan.cap:
+                raise InputError(f"more than {plan.cap} examples; the limit is {plan.cap} per call")
             e = msg.example
             try:
-                examples.append(Example(text=e.text, id=e.id or None, entities=[
-                    Entity(start=g.start, end=g.end, label=g.label, text=g.text) for g in e.entities]))
+                example = Example(text=e.text, id=e.id or None, entities=[
+                    Entity(start=g.start, end=g.end, label=g.label, text=g.text) for g in e.entities])
             except ValueError as exc:
-                raise InputError(f"example {index - 1}: {exc}") from None
-        if not examples:
-            raise InputError("no examples to evaluate")
-        return config, examples
+                raise InputError(f"example {index}: {exc}") from None
+            yield plan.check(index, example, ex)
+            index += 1
+
+    async def _score(self, ex: Extractor, plan: _EvalPlan, source: AsyncIterator[tuple[Example, int]],
+                     total: int | None, received: float, rec: RpcRecorder) -> AsyncIterator[spb.EvaluateResponse]:
+        """Score examples as ``source`` yields them, a window at a time; progress while they finish, then the
+        report. ``total`` is the progress total until ``source`` is exhausted, the count of examples after."""
+        examples: list[Example] = []
+        results: list[ExtractionResult | None] = []
+        ignored = 0
+        events: asyncio.Queue[tuple[str, BaseException | None]] = asyncio.Queue()
+        window = asyncio.Semaphore(max(1, min(self.cfg.engine.max_num_seqs, self.cfg.max_queue // 2)))
+        tasks: list[asyncio.Future] = []
+
+        async def one(i: int, example: Example) -> None:
+            try:
+                with self._admit(1, force=True):
+                    r = await ex.extract(example.text, labels=plan.labels, max_entities=plan.max_entities,
+                                         request_id=rec.rid)
+                self._record(r)
+                results[i] = r
+                events.put_nowait(("scored", None))
+            except Exception as exc:  # noqa: BLE001 - re-raised by the call's task
+                events.put_nowait(("failed", exc))
+            finally:
+                window.release()
+
+        async def feed() -> None:
+            nonlocal ignored
+            try:
+                async for example, dropped in source:
+                    await window.acquire()  # not reading while the window is full: flow control for the sender
+                    examples.append(example)
+                    results.append(None)
+                    ignored += dropped
+                    rec.fields["examples"] = len(examples)
+                    tasks.append(asyncio.ensure_future(one(len(examples) - 1, example)))
+                events.put_nowait(("read", None))
+            except Exception as exc:  # noqa: BLE001 - re-raised by the call's task
+                events.put_nowait(("failed", exc))
+
+        sent: tuple[int, int | None] | None = None
+
+        def progress(done: int, of: int | None) -> spb.EvaluateResponse:
+            nonlocal sent
+            sent = (done, of)
+            return spb.EvaluateResponse(progress=spb.EvaluateProgress(
+                done=done, total=of, elapsed_seconds=time.perf_counter() - received))
+
+        feeder = asyncio.ensure_future(feed())
+        try:
+            yield progress(0, total)
+            done, reading, last = 0, True, time.perf_counter()
+            while True:
+                kind, error = await events.get()
+                if error is not None:
+                    raise error
+                if kind == "read":
+                    reading = False
+                    total = len(examples)
+                    if not total:
+                        raise InputError("no examples to evaluate")
+                else:
+                    done += 1
+                if not reading and done == total:
+                    if sent != (done, total):
+                        yield progress(done, total)  # after the last example
+                    break
+                now = time.perf_counter()
+                step = max(1, total // 50) if total else 0
+                if kind == "scored" and (now - last > 1.0 or (step and done % step == 0)):
+                    last = now
+                    yield progress(done, total)
+        finally:
+            feeder.cancel()
+            for t in tasks:
+                t.cancel()
+        scored = [r for r in results if r is not None]
+        yield spb.EvaluateResponse(report=self._report(examples, scored, plan.names, plan.include_errors, ignored,
+                                                       time.perf_counter() - received))
 
     def _allowed_path(self, raw: str) -> Path:
         """A dataset file inside an allowed folder; a relative path is looked up under each folder in turn."""
@@ -317,8 +421,8 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
         raise NotFound(f"no dataset at {raw}")
 
     @staticmethod
-    def _report(examples: list[Example], results: list[ExtractionResult], labels: list[str], include_errors: bool,
-                elapsed: float) -> tpb.ScoreReport:
+    def _report(examples: list[Example], results: list[ExtractionResult], labels: tuple[str, ...],
+                include_errors: bool, ignored: int, elapsed: float) -> tpb.ScoreReport:
         from nerve.reports import percentiles
 
         scorer = Scorer(labels=labels)
@@ -341,7 +445,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
                                   tp=s.tp, fp=s.fp, fn=s.fn)
 
         return tpb.ScoreReport(
-            labels=[ls(n, s) for n, s in rep.labels.items()], micro=ls("micro", rep.micro), macro=ls("macro", rep.macro),
+            labels=[ls(n, s) for n, s in rep.labels.items()], micro=ls("", rep.micro), macro=ls("", rep.macro),
             exact_match=rep.exact_match, parse_rate=rep.parse_rate, hallucination_rate=rep.hallucination_rate,
             examples=rep.examples,
             latency=tpb.LatencySummary(p50_seconds=pct["p50"], p90_seconds=pct["p90"], p99_seconds=pct["p99"],
@@ -349,5 +453,5 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
             errors=errors, gold=rep.gold, predicted=rep.predicted, hallucinated=rep.hallucinated,
             unknown_labels=list(rep.unknown_labels), elapsed_seconds=elapsed,
             prompt_tokens=sum(r.usage.prompt_tokens for r in results),
-            completion_tokens=sum(r.usage.completion_tokens for r in results),
+            completion_tokens=sum(r.usage.completion_tokens for r in results), ignored_gold=ignored,
         )

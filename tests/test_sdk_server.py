@@ -53,3 +53,54 @@ def test_async_client_and_auth(start_server) -> None:
             assert report.examples == 1
 
     asyncio.run(main())
+
+
+def test_evaluate_progress_totals_from_the_real_server(start_server) -> None:
+    """The SDK's evaluate against the server's side of the contract (the fake in tests/client mirrors it)."""
+    r = start_server()
+    with Client(r.target, timeout=120) as c:
+        seen: list = []
+        report = c.evaluate([Example(text=f"Alice {i}") for i in range(3)], on_progress=seen.append)
+        assert {p.total for p in seen} == {3}  # a list's length is sent as expected_examples
+        assert seen[-1].done == 3 and seen[-1].fraction == 1.0 and report.examples == 3
+
+        seen.clear()
+        report = c.evaluate((Example(text=f"Bob {i}") for i in range(2)), on_progress=seen.append)
+        assert seen[0].total is None  # a generator has no length: unknown until the stream ends
+        assert (seen[-1].done, seen[-1].total) == (2, 2) and report.examples == 2
+
+        sent: list[int] = []
+
+        def many():
+            for i in range(100):
+                sent.append(i)
+                yield Example(text=f"Carl {i}")
+
+        seen.clear()
+        report = c.evaluate(many(), limit=2, on_progress=seen.append)
+        assert report.examples == 2 and (seen[-1].done, seen[-1].total) == (2, 2)
+        assert len(sent) <= 3  # neither side read on after the limit
+        assert report.elapsed_seconds >= seen[-1].elapsed_seconds > 0
+
+
+def test_evaluate_labels_and_bounds_on_the_real_server(start_server) -> None:
+    r = start_server()
+    examples = [
+        {"text": "Alice lives in Rome", "entities": [{"label": "name", "text": "Alice", "start": 0, "end": 5},
+                                                     {"label": "address", "text": "Rome", "start": 15, "end": 19}]},
+        {"text": "Acme hired Bob", "entities": [{"label": "ORG", "text": "Acme", "start": 0, "end": 4}]},
+    ]
+    with Client(r.target, timeout=120) as c:
+        report = c.evaluate(examples, labels=["name"])
+        assert list(report.labels) == ["name", "ORG"] and report.unknown_labels == ("ORG",)
+        assert report.ignored_gold == 1 and report.gold == 2 and report.micro.support == 2
+        assert report.labels["ORG"].fn == 1 and report.micro.label == "" and report.macro.label == ""
+        bound = c.model_info().task_card.bounds.max_entities
+        with pytest.raises(InvalidArgumentError, match=rf"\[1, {bound}\]"):
+            c.evaluate(examples, max_entities=bound + 1)
+        with pytest.raises(InvalidArgumentError, match=rf"\[1, {bound}\]"):
+            c.extract("Alice", max_entities=bound + 1)
+        with pytest.raises(InvalidArgumentError, match="example 1"):
+            c.evaluate([Example(text="Alice"), Example(text="")])
+        with pytest.raises(InvalidArgumentError, match="unknown labels"):
+            c.evaluate(examples, labels=["nope"])

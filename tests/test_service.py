@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 
 import grpc
@@ -125,11 +126,22 @@ def test_invalid_arguments(start_server) -> None:
     config = spb.EvaluateRequest(config=spb.EvaluateConfig(inline_examples=spb.InlineSource()))
     bad_offsets = spb.EvaluateRequest(example=tpb.Example(text="abc", entities=[
         tpb.Entity(label="name", text="zz", start=0, end=2)]))
-    bad_label = spb.EvaluateRequest(example=tpb.Example(text="abc", entities=[
-        tpb.Entity(label="PER", text="ab", start=0, end=2)]))
-    for stream in ([example], [config], [config, config], [config, bad_offsets], [config, bad_label]):
+    bad_text = spb.EvaluateRequest(example=tpb.Example(text="x" * 51))
+
+    def evaluate_config(**fields) -> spb.EvaluateRequest:
+        return spb.EvaluateRequest(config=spb.EvaluateConfig(**fields))
+
+    streams = [[example], [config], [config, config], [config, bad_offsets], [config, example, bad_text],
+               [evaluate_config(), example],  # no source
+               [evaluate_config(inline_examples=spb.InlineSource(expected_examples=-1)), example],
+               [evaluate_config(inline_examples=spb.InlineSource(), limit=-1), example],
+               [evaluate_config(inline_examples=spb.InlineSource(), labels=["nope"]), example]]
+    for stream in streams:
         c = code_of(lambda s=stream: list(r.stub.Evaluate(iter(s), timeout=30)))
         assert c == grpc.StatusCode.INVALID_ARGUMENT, stream
+    with pytest.raises(grpc.RpcError) as err:
+        list(r.stub.Evaluate(iter([config, example, bad_text]), timeout=30))
+    assert err.value.details().startswith("example 1: ")
 
 
 def test_max_entities_above_the_card_bound_is_invalid_argument(start_server) -> None:
@@ -147,6 +159,137 @@ def test_max_entities_above_the_card_bound_is_invalid_argument(start_server) -> 
         assert f"[1, {bound}]" in err.value.details() and str(bound + 1) in err.value.details()
     assert code_of(r.stub.Extract, spb.ExtractRequest(text="Peter", max_entities=bound), timeout=60) == \
         grpc.StatusCode.OK
+
+
+def evaluate_stream(config: spb.EvaluateConfig, examples) -> list:
+    return [spb.EvaluateRequest(config=config), *(spb.EvaluateRequest(example=e) for e in examples)]
+
+
+def split(responses) -> tuple[list, tpb.ScoreReport]:
+    kinds = [m.WhichOneof("kind") for m in responses]
+    assert kinds.count("report") == 1 and kinds[-1] == "report"
+    return [m.progress for m in responses[:-1]], responses[-1].report
+
+
+def test_evaluate_label_subset_ignores_other_card_labels_and_scores_unknown_ones(start_server) -> None:
+    r = start_server()
+    examples = [
+        tpb.Example(text="Alice lives in Rome", entities=[
+            tpb.Entity(label="name", text="Alice", start=0, end=5),
+            tpb.Entity(label="address", text="Rome", start=15, end=19),
+            tpb.Entity(label="address", text="Rome", start=15, end=19)]),  # a duplicate counts once
+        tpb.Example(text="Bob read Dune", entities=[
+            tpb.Entity(label="book", text="Dune", start=9, end=13),
+            tpb.Entity(label="PER", text="Bob", start=0, end=3)]),  # a label the card does not know
+    ]
+    config = spb.EvaluateConfig(inline_examples=spb.InlineSource(), labels=["name", "company", "name"],
+                                include_errors=True)
+    _, rep = split(list(r.stub.Evaluate(iter(evaluate_stream(config, examples)), timeout=120)))
+    assert [s.label for s in rep.labels] == ["company", "name", "PER"]  # card order, then unknown labels
+    assert list(rep.unknown_labels) == ["PER"]
+    assert rep.ignored_gold == 2 and rep.gold == 2
+    per = next(s for s in rep.labels if s.label == "PER")
+    assert (per.support, per.tp, per.fn) == (1, 0, 1)
+    assert rep.micro.support == 2 and rep.micro.fn == 2 - rep.micro.tp
+    assert rep.micro.label == "" and rep.macro.label == ""
+    missing = {(e.label, e.text) for err in rep.errors for e in err.missing}
+    assert ("address", "Rome") not in missing and ("book", "Dune") not in missing and ("PER", "Bob") in missing
+    spurious = {e.label for err in rep.errors for e in err.spurious}
+    assert spurious <= {"name", "company"}  # only the requested labels are extracted
+
+    _, everything = split(list(r.stub.Evaluate(iter(evaluate_stream(
+        spb.EvaluateConfig(inline_examples=spb.InlineSource()), examples)), timeout=120)))
+    assert everything.ignored_gold == 0 and everything.gold == 4
+
+
+def test_evaluate_scores_examples_while_the_stream_is_open(start_server) -> None:
+    r = start_server()
+    scored_two = threading.Event()
+    config = spb.EvaluateConfig(inline_examples=spb.InlineSource(expected_examples=4))
+
+    def requests():
+        yield spb.EvaluateRequest(config=config)
+        time.sleep(1.5)  # counts towards elapsed_seconds: the clock starts at the config
+        for i in range(2):
+            yield spb.EvaluateRequest(example=tpb.Example(text=f"Alice {i}"))
+        assert scored_two.wait(60), "the server did not score the examples it had"
+        for i in range(2, 4):
+            yield spb.EvaluateRequest(example=tpb.Example(text=f"Alice {i}"))
+
+    responses = []
+    for m in r.stub.Evaluate(requests(), timeout=120):
+        responses.append(m)
+        if m.WhichOneof("kind") == "progress" and m.progress.done == 2:
+            assert m.progress.total == 4  # the client's expected_examples while the stream is open
+            scored_two.set()
+    progress, rep = split(responses)
+    assert scored_two.is_set()
+    assert [p.done for p in progress] == [0, 1, 2, 3, 4] and {p.total for p in progress} == {4}
+    assert progress[-1].elapsed_seconds >= 1.5 and rep.elapsed_seconds >= progress[-1].elapsed_seconds
+    assert rep.examples == 4
+
+
+def test_evaluate_progress_total_is_the_count_once_the_stream_ends(start_server) -> None:
+    r = start_server()
+    examples = [tpb.Example(text="Alice"), tpb.Example(text="Bob")]
+
+    def totals(**inline) -> tuple[list, list]:
+        config = spb.EvaluateConfig(inline_examples=spb.InlineSource(**inline.pop("source", {})), **inline)
+        progress, rep = split(list(r.stub.Evaluate(iter(evaluate_stream(config, examples * 3)), timeout=120)))
+        return [p.total if p.HasField("total") else None for p in progress], rep
+
+    seen, rep = totals(source={"expected_examples": 10})  # the client was wrong: the count wins at the end
+    assert seen[0] == 10 and seen[-1] == 6 and rep.examples == 6
+    seen, rep = totals(source={"expected_examples": 10}, limit=4)
+    assert seen[0] == 4 and seen[-1] == 4 and rep.examples == 4  # the rest of the stream is ignored
+    seen, rep = totals()
+    assert seen[0] is None and seen[-1] == 6
+
+
+def test_evaluate_example_limits(start_server, tmp_path) -> None:
+    lines = [json.dumps({"text": f"Alice {i}", "entities": [{"label": "name", "text": "Alice", "start": 0, "end": 5}]})
+             for i in range(3)]
+    (tmp_path / "gold.jsonl").write_text("\n".join(lines) + "\n")
+    inline = spb.EvaluateConfig(inline_examples=spb.InlineSource())
+    three = [tpb.Example(text=f"Alice {i}") for i in range(3)]
+
+    def dataset(limit: int = 0) -> list:
+        return [spb.EvaluateRequest(config=spb.EvaluateConfig(dataset=spb.DatasetSource(path="gold.jsonl"),
+                                                              limit=limit))]
+
+    unlimited = start_server(max_eval_examples=0, eval_dataset_roots=[str(tmp_path)])  # 0: no server limit
+    assert split(list(unlimited.stub.Evaluate(iter(evaluate_stream(inline, three)), timeout=120)))[1].examples == 3
+    assert split(list(unlimited.stub.Evaluate(iter(dataset()), timeout=120)))[1].examples == 3
+    info = unlimited.stub.GetModelInfo(spb.GetModelInfoRequest(), timeout=10).model_info
+    assert info.limits.max_evaluate_examples == 0
+
+    r = start_server(max_eval_examples=2, eval_dataset_roots=[str(tmp_path)])
+    for stream in (evaluate_stream(inline, three), dataset(), dataset(limit=3)):
+        with pytest.raises(grpc.RpcError) as err:
+            list(r.stub.Evaluate(iter(stream), timeout=120))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "limit is 2" in err.value.details()
+    limited = spb.EvaluateConfig(inline_examples=spb.InlineSource(), limit=2)
+    assert split(list(r.stub.Evaluate(iter(evaluate_stream(limited, three)), timeout=120)))[1].examples == 2
+    assert split(list(r.stub.Evaluate(iter(dataset(limit=2)), timeout=120)))[1].examples == 2
+
+
+def test_evaluate_dataset_scheme_applies_to_conll_only(start_server, tmp_path) -> None:
+    (tmp_path / "gold.jsonl").write_text(json.dumps({"text": "Alice met Bob", "entities": [
+        {"label": "name", "text": "Bob", "start": 10, "end": 13}]}) + "\n")
+    (tmp_path / "gold.conll").write_text("Alice B-name\nmet O\nBob B-name\n\n")
+    r = start_server(eval_dataset_roots=[str(tmp_path)])
+
+    def evaluate(path: str, fmt: int, scheme: str) -> tpb.ScoreReport:
+        config = spb.EvaluateConfig(dataset=spb.DatasetSource(path=path, format=fmt, scheme=scheme))
+        return split(list(r.stub.Evaluate(iter([spb.EvaluateRequest(config=config)]), timeout=120)))[1]
+
+    assert evaluate("gold.jsonl", spb.DATASET_FORMAT_JSONL, "bioes").gold == 1
+    assert evaluate("gold.jsonl", spb.DATASET_FORMAT_UNSPECIFIED, "nonsense").gold == 1  # detected: not CoNLL
+    assert evaluate("gold.conll", spb.DATASET_FORMAT_CONLL, "bio").gold == 2
+    assert evaluate("gold.conll", spb.DATASET_FORMAT_UNSPECIFIED, "iob2").gold == 2
+    with pytest.raises(grpc.RpcError) as err:
+        evaluate("gold.conll", spb.DATASET_FORMAT_CONLL, "nonsense")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "scheme" in err.value.details()
 
 
 def test_request_texts_are_logged_only_when_asked(start_server, caplog) -> None:

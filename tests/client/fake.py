@@ -22,6 +22,7 @@ from nerve_client.pb import types_pb2 as tpb
 PLACES = {"Paris", "Berlin", "London", "Zürich"}
 LABELS = ("PER", "LOC")
 MAX_TEXT_CHARS = 4000
+MAX_ENTITIES = 24
 _WORD = re.compile(r"[A-Z]\w+")
 
 
@@ -33,6 +34,15 @@ def toy_extract(text: str, labels: list[str] | None = None) -> list[tpb.Entity]:
         if not labels or label in labels:
             found.append(tpb.Entity(label=label, text=m.group(), start=m.start(), end=m.end()))
     return found
+
+
+def _check_options(labels: list[str], max_entities: int) -> None:
+    """The real server's checks of labels and max_entities (ValueError: INVALID_ARGUMENT)."""
+    if labels and set(labels) - set(LABELS):
+        raise ValueError(f"unknown labels {sorted(set(labels) - set(LABELS))}")
+    if not 0 <= max_entities <= MAX_ENTITIES:
+        raise ValueError(f"max_entities is {max_entities}; it must be in [1, {MAX_ENTITIES}] (the task card's bound),"
+                         " or 0 for the bound")
 
 
 def _entities(text: str, keys: set[tuple[int, int, str]]) -> list[tpb.Entity]:
@@ -92,8 +102,7 @@ class FakeNerve(service_pb2_grpc.NerveServiceServicer):
             raise ValueError("text is empty")
         if len(text) > MAX_TEXT_CHARS:
             raise ValueError(f"text has {len(text)} characters; at most {MAX_TEXT_CHARS}")
-        if labels and set(labels) - set(LABELS):
-            raise ValueError(f"unknown labels {sorted(set(labels) - set(LABELS))}")
+        _check_options(labels, max_entities)
         entities = toy_extract(text, list(labels))
         if max_entities:
             entities = entities[:max_entities]
@@ -140,7 +149,7 @@ class FakeNerve(service_pb2_grpc.NerveServiceServicer):
                     name="toy", language="en", template_id="nerve-ner-v1",
                     labels=[tpb.Label(name="PER", description="people"), tpb.Label(name="LOC", description="places")],
                     output_schema_json='{"type": "object"}',
-                    bounds=tpb.SchemaBounds(max_entities=24, max_entity_chars=64),
+                    bounds=tpb.SchemaBounds(max_entities=MAX_ENTITIES, max_entity_chars=64),
                 ),
                 limits=tpb.Limits(max_text_chars=MAX_TEXT_CHARS, max_batch_texts=8, max_batch_bytes=65536,
                                   max_message_bytes=1 << 20),
@@ -158,6 +167,12 @@ class FakeNerve(service_pb2_grpc.NerveServiceServicer):
         config = first.config
         start = time.monotonic()
         limit = config.limit or None
+        try:
+            _check_options(list(config.labels), config.max_entities)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        scored = [lab for lab in LABELS if not config.labels or lab in config.labels]
+        left_out = set(LABELS) - set(scored)
         source = config.WhichOneof("source")
         if source == "dataset":
             path = config.dataset.path
@@ -168,12 +183,12 @@ class FakeNerve(service_pb2_grpc.NerveServiceServicer):
             examples = iter(self.datasets[path][:limit])
             total: int | None = len(self.datasets[path][:limit])
         elif source == "inline_examples":
-            total = config.inline_examples.expected_examples or None
+            total = min(config.inline_examples.expected_examples, limit or 1 << 31) or None
             examples = (r.example for r in request_iterator)
         else:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "config.source is required")
-        tp = fp = fn = exact = n = 0
-        per_label = {lab: [0, 0, 0] for lab in LABELS}
+        tp = fp = fn = exact = n = ignored = 0
+        per_label = {lab: [0, 0, 0] for lab in scored}
         errors = []
         for i, ex in enumerate(examples):
             if limit is not None and i >= limit:
@@ -183,7 +198,8 @@ class FakeNerve(service_pb2_grpc.NerveServiceServicer):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"example {i}: not an example with a text")
             with self.lock:
                 self.evaluate_examples.append(ex)
-            gold = {(e.start, e.end, e.label) for e in ex.entities}
+            gold = {(e.start, e.end, e.label) for e in ex.entities if e.label not in left_out}
+            ignored += len({(e.start, e.end, e.label) for e in ex.entities if e.label in left_out})
             pred = {(e.start, e.end, e.label) for e in toy_extract(ex.text, list(config.labels))}
             tp, fp, fn = tp + len(gold & pred), fp + len(pred - gold), fn + len(gold - pred)
             for s, e, lab in gold | pred:
@@ -206,13 +222,18 @@ class FakeNerve(service_pb2_grpc.NerveServiceServicer):
                                   f1=2 * prec * rec / (prec + rec) if prec + rec else 0.0,
                                   support=t + f, tp=t, fp=p, fn=f)
 
-        labels = [score(lab, *row) for lab, row in per_label.items()]
+        unknown = sorted(set(per_label) - set(LABELS))
+        labels = [score(lab, *per_label[lab]) for lab in [*scored, *unknown]]
+        active = [s for s in labels if s.support or s.tp + s.fp]
+        macro = tpb.LabelScore(**{k: sum(getattr(s, k) for s in active) / len(active) if active else 0.0
+                                  for k in ("precision", "recall", "f1")},
+                               **{k: sum(getattr(s, k) for s in active) for k in ("support", "tp", "fp", "fn")})
         finished.set()
         yield pb.EvaluateResponse(
             report=tpb.ScoreReport(
                 labels=labels,
                 micro=score("", tp, fp, fn),
-                macro=tpb.LabelScore(f1=sum(s.f1 for s in labels) / len(labels)),
+                macro=macro,
                 exact_match=exact / n if n else 0.0,
                 parse_rate=1.0,
                 hallucination_rate=0.0,
@@ -222,7 +243,9 @@ class FakeNerve(service_pb2_grpc.NerveServiceServicer):
                 errors=errors,
                 gold=tp + fn,
                 predicted=tp + fp,
+                unknown_labels=unknown,
                 elapsed_seconds=time.monotonic() - start,
+                ignored_gold=ignored,
             )
         )
 

@@ -109,6 +109,27 @@ def test_labels_and_max_entities_are_sent(fake_server):
     config = fake_server.servicer.calls("Evaluate")[0].request.config
     assert list(config.labels) == ["LOC"] and config.max_entities == 5
     assert report.labels["LOC"].tp == 2
+    assert list(report.labels) == ["LOC"] and report.ignored_gold == 3  # the PER gold entities
+    assert "3 gold entities" in report.to_markdown()
+
+
+def test_unknown_gold_labels_are_scored_and_named(fake_server):
+    examples = [*EXAMPLES, Example("Acme hired Ada.", (Entity("ORG", "Acme", 0, 4), Entity("PER", "Ada", 11, 14)))]
+    with Client(fake_server.target) as client:
+        report = client.evaluate(examples)
+    assert report.unknown_labels == ("ORG",) and list(report.labels) == ["PER", "LOC", "ORG"]
+    assert (report.labels["ORG"].support, report.labels["ORG"].fn) == (1, 1)
+    assert report.micro.label == "" and report.macro.label == "" and report.ignored_gold == 0
+    assert "does not know: ORG" in report.to_markdown()
+
+
+def test_max_entities_above_the_card_bound_is_invalid_argument(fake_server):
+    with Client(fake_server.target) as client:
+        bound = client.model_info().task_card.bounds.max_entities
+        with pytest.raises(InvalidArgumentError, match=rf"\[1, {bound}\]"):
+            client.evaluate(EXAMPLES, max_entities=bound + 1)
+        with pytest.raises(InvalidArgumentError, match=rf"\[1, {bound}\]"):
+            client.extract("Ada", max_entities=bound + 1)
 
 
 def test_server_side_dataset(fake_server):

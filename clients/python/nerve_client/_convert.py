@@ -251,6 +251,7 @@ def report_from_proto(m: tpb.ScoreReport, request_id: str | None) -> EvalReport:
         prompt_tokens=m.prompt_tokens,
         completion_tokens=m.completion_tokens,
         request_id=request_id,
+        ignored_gold=m.ignored_gold,
     )
 
 

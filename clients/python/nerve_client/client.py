@@ -329,6 +329,9 @@ class Client:
         operator allowed; ``format`` ``auto``/``jsonl``/``cluener``/``conll``/``bmes``, ``scheme`` for CoNLL).
 
         Args:
+            labels: Extract and score only these card labels; gold entities with another card label are ignored
+                (counted in ``report.ignored_gold``).
+            max_entities: Most entities per example, at most the card's ``bounds.max_entities``.
             limit: Score only the first ``limit`` examples.
             include_errors: Put each example's missing and spurious entities in ``report.errors``.
             on_progress: Called with an :class:`~nerve_client.types.EvalProgress` for each progress message;

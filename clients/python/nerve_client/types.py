@@ -125,7 +125,8 @@ class EvalProgress:
 
     done: int
     total: int | None
-    """Examples the run will score, when the server knows."""
+    """Examples the run will score, when the server knows: a dataset's size, the number of examples the client
+    said it would send while it is still sending (a list's length; a generator has none), then the number sent."""
     elapsed_seconds: float
 
     @property
@@ -152,10 +153,14 @@ class EvalReport:
     predicted: int = 0
     hallucinated: int = 0
     unknown_labels: tuple[str, ...] = ()
+    """Gold labels the task card does not know (scored: their entities are false negatives)."""
     elapsed_seconds: float = 0.0
+    """Seconds on the server, from receiving the run's config to the report."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     request_id: str | None = None
+    ignored_gold: int = 0
+    """Gold entities left out of scoring: their card label is outside the ``labels`` the run asked for."""
 
     @property
     def f1(self) -> float:
@@ -180,6 +185,10 @@ class EvalReport:
             f"{self.parse_rate:.{digits}f}, hallucination rate {self.hallucination_rate:.{digits}f}, "
             f"latency p50/p90/p99 {self.latency.p50:.3f}/{self.latency.p90:.3f}/{self.latency.p99:.3f} s"
         )
+        if self.unknown_labels:
+            lines.append(f"gold labels the task card does not know: {', '.join(self.unknown_labels)}")
+        if self.ignored_gold:
+            lines.append(f"{self.ignored_gold} gold entities of labels outside the requested ones were ignored")
         return "\n".join(lines)
 
 

@@ -93,6 +93,11 @@ class NerveServiceServicer(object):
         source is `dataset`, the client sends nothing more and half-closes.
         Response stream: zero or more EvaluateProgress messages, then exactly one ScoreReport, then status OK.
 
+        The server scores inline examples as they arrive (at most a window of them at a time, so gRPC flow
+        control slows a fast sender down) and checks each one when it arrives: an invalid example fails the call
+        with INVALID_ARGUMENT naming its index, and nothing of what was scored before it is reported. A dataset is
+        read and checked as a whole before the first example is scored.
+
         Errors: INVALID_ARGUMENT (first message is not a config, an example where none is expected, an invalid
         example or option, a text beyond the limits, more examples than Limits.max_evaluate_examples),
         NOT_FOUND (no such dataset), PERMISSION_DENIED (dataset path outside the directories the operator

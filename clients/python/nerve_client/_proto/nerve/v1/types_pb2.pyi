@@ -170,7 +170,7 @@ class ExampleError(_message.Message):
     def __init__(self, index: _Optional[int] = ..., id: _Optional[str] = ..., missing: _Optional[_Iterable[_Union[Entity, _Mapping]]] = ..., spurious: _Optional[_Iterable[_Union[Entity, _Mapping]]] = ..., hallucinated: _Optional[int] = ..., parsed: bool = ...) -> None: ...
 
 class ScoreReport(_message.Message):
-    __slots__ = ("labels", "micro", "macro", "exact_match", "parse_rate", "hallucination_rate", "examples", "latency", "errors", "gold", "predicted", "hallucinated", "unknown_labels", "elapsed_seconds", "prompt_tokens", "completion_tokens")
+    __slots__ = ("labels", "micro", "macro", "exact_match", "parse_rate", "hallucination_rate", "examples", "latency", "errors", "gold", "predicted", "hallucinated", "unknown_labels", "elapsed_seconds", "prompt_tokens", "completion_tokens", "ignored_gold")
     LABELS_FIELD_NUMBER: _ClassVar[int]
     MICRO_FIELD_NUMBER: _ClassVar[int]
     MACRO_FIELD_NUMBER: _ClassVar[int]
@@ -187,6 +187,7 @@ class ScoreReport(_message.Message):
     ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    IGNORED_GOLD_FIELD_NUMBER: _ClassVar[int]
     labels: _containers.RepeatedCompositeFieldContainer[LabelScore]
     micro: LabelScore
     macro: LabelScore
@@ -203,4 +204,5 @@ class ScoreReport(_message.Message):
     elapsed_seconds: float
     prompt_tokens: int
     completion_tokens: int
-    def __init__(self, labels: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., micro: _Optional[_Union[LabelScore, _Mapping]] = ..., macro: _Optional[_Union[LabelScore, _Mapping]] = ..., exact_match: _Optional[float] = ..., parse_rate: _Optional[float] = ..., hallucination_rate: _Optional[float] = ..., examples: _Optional[int] = ..., latency: _Optional[_Union[LatencySummary, _Mapping]] = ..., errors: _Optional[_Iterable[_Union[ExampleError, _Mapping]]] = ..., gold: _Optional[int] = ..., predicted: _Optional[int] = ..., hallucinated: _Optional[int] = ..., unknown_labels: _Optional[_Iterable[str]] = ..., elapsed_seconds: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
+    ignored_gold: int
+    def __init__(self, labels: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., micro: _Optional[_Union[LabelScore, _Mapping]] = ..., macro: _Optional[_Union[LabelScore, _Mapping]] = ..., exact_match: _Optional[float] = ..., parse_rate: _Optional[float] = ..., hallucination_rate: _Optional[float] = ..., examples: _Optional[int] = ..., latency: _Optional[_Union[LatencySummary, _Mapping]] = ..., errors: _Optional[_Iterable[_Union[ExampleError, _Mapping]]] = ..., gold: _Optional[int] = ..., predicted: _Optional[int] = ..., hallucinated: _Optional[int] = ..., unknown_labels: _Optional[_Iterable[str]] = ..., elapsed_seconds: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., ignored_gold: _Optional[int] = ...) -> None: ...
