@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 
-from .card import SchemaBounds
+from .card import ANSWER_OBJECTS, ANSWER_PAIRS, SchemaBounds
 from .labels import LabelSet
-from .schema import worst_case_tokens
+from .schema import items_for_text, worst_case_tokens
 
 
 def _suffix_automaton(text: str) -> list[dict[str, int]]:
@@ -60,12 +60,13 @@ def _allowed(ch: str) -> bool:
 
 
 def grounded_grammar(text: str, labels: LabelSet, bounds: SchemaBounds,
-                     max_entities: int | None = None) -> tuple[str, int]:
+                     max_entities: int | None = None, answer_format: str = ANSWER_OBJECTS) -> tuple[str, int]:
     """EBNF grammar (xgrammar / GBNF dialect) for answers whose entity texts are substrings of ``text``.
 
     Returns the grammar and its worst-case token count (the ``max_tokens`` to request).
     """
     items = bounds.max_entities if max_entities is None else min(max_entities, bounds.max_entities)
+    items = min(items, items_for_text(len(text)))
     chars = min(bounds.max_entity_chars, len(text))
     nxt = _suffix_automaton(text)
     # Keep only states reachable through allowed characters, numbering them compactly.
@@ -85,14 +86,21 @@ def grounded_grammar(text: str, labels: LabelSet, bounds: SchemaBounds,
         else:
             rules.append(f"t{s} ::= \"\"" + "".join(f" | {a}" for a in alts))
     label_alt = " | ".join(json.dumps(json.dumps(n)) for n in labels.names)
-    item = '"{\\"label\\":" label ",\\"text\\":\\"" s0 "\\"}"'
     more = f'("," item){{0,{items - 1}}}' if items > 1 else ""
+    if answer_format == ANSWER_PAIRS:
+        item = '"[" label ",\\"" s0 "\\"]"'
+        root = f'root ::= "[" (item {more})? "]"'
+    elif answer_format == ANSWER_OBJECTS:
+        item = '"{\\"label\\":" label ",\\"text\\":\\"" s0 "\\"}"'
+        root = f'root ::= "{{\\"entities\\":[" (item {more})? "]}}"'
+    else:
+        raise ValueError(f"unknown answer format {answer_format!r}")
     head = [
-        f'root ::= "{{\\"entities\\":[" (item {more})? "]}}"',
+        root,
         f"item ::= {item}",
         f"label ::= {label_alt}",
     ]
     grammar = "\n".join(head + rules) + "\n"
     # Substrings are at most len(text) long; max_entity_chars is not enforced here (the input bounds them).
-    budget = worst_case_tokens(labels.names, items, max(chars, len(text)))
+    budget = worst_case_tokens(labels.names, items, max(chars, len(text)), answer_format)
     return grammar, budget

@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from .card import ANSWER_OBJECTS, ANSWER_PAIRS
 from .types import Entity
 
 
@@ -26,8 +27,8 @@ class Mention:
     text: str
 
 
-def parse_answer(raw: str, labels: Iterable[str] | None = None) -> list[Mention]:
-    """Parse ``{"entities":[{"label":...,"text":...}, ...]}``.
+def parse_answer(raw: str, labels: Iterable[str] | None = None, answer_format: str = ANSWER_OBJECTS) -> list[Mention]:
+    """Parse ``{"entities":[{"label":...,"text":...}, ...]}`` (objects) or ``[[label, text], ...]`` (pairs).
 
     Raises :class:`AnswerParseError` for anything else: invalid JSON, wrong shape, unknown label (when
     ``labels`` is given), empty text.
@@ -36,20 +37,33 @@ def parse_answer(raw: str, labels: Iterable[str] | None = None) -> list[Mention]
         obj = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise AnswerParseError(f"invalid JSON at character {exc.pos}: {exc.msg}") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("entities"), list):
-        raise AnswerParseError('expected an object with an "entities" list')
+    pairs: list[tuple[object, object]] = []
+    if answer_format == ANSWER_PAIRS:
+        if not isinstance(obj, list):
+            raise AnswerParseError("expected a list of [label, text] pairs")
+        for i, item in enumerate(obj):
+            if not isinstance(item, list) or len(item) != 2:
+                raise AnswerParseError(f"entity {i} is not a [label, text] pair")
+            pairs.append((item[0], item[1]))
+    elif answer_format == ANSWER_OBJECTS:
+        if not isinstance(obj, dict) or not isinstance(obj.get("entities"), list):
+            raise AnswerParseError('expected an object with an "entities" list')
+        for i, item in enumerate(obj["entities"]):
+            if not isinstance(item, dict):
+                raise AnswerParseError(f"entity {i} is not an object with string 'label' and 'text'")
+            pairs.append((item.get("label"), item.get("text")))
+    else:
+        raise ValueError(f"unknown answer format {answer_format!r}")
     allowed = None if labels is None else set(labels)
     mentions = []
-    for i, item in enumerate(obj["entities"]):
-        if not isinstance(item, dict) or not isinstance(item.get("label"), str) or not isinstance(
-            item.get("text"), str
-        ):
-            raise AnswerParseError(f"entity {i} is not an object with string 'label' and 'text'")
-        if allowed is not None and item["label"] not in allowed:
-            raise AnswerParseError(f"entity {i} has unknown label {item['label']!r}")
-        if not item["text"]:
+    for i, (label, text) in enumerate(pairs):
+        if not isinstance(label, str) or not isinstance(text, str):
+            raise AnswerParseError(f"entity {i} has no string label and text")
+        if allowed is not None and label not in allowed:
+            raise AnswerParseError(f"entity {i} has unknown label {label!r}")
+        if not text:
             raise AnswerParseError(f"entity {i} has empty text")
-        mentions.append(Mention(item["label"], item["text"]))
+        mentions.append(Mention(label, text))
     return mentions
 
 

@@ -20,7 +20,7 @@ from ner.card import TaskCard
 from ner.grounded import grounded_grammar
 from ner.labels import LabelSet
 from ner.parsing import AnswerParseError, Mention, ground, parse_answer
-from ner.prompts import check_chat_template, render_prompt
+from ner.prompts import answer_format, check_chat_template, render_prompt
 from ner.schema import OutputSpec, output_spec
 from ner.scoring import Scorer, ScoreReport
 from ner.types import Entity, Example
@@ -139,7 +139,7 @@ class Extractor(ExtractorBase):
         check_chat_template(card, engine.tokenizer)
         if grounded and engine.config.structured_backend != "xgrammar":
             raise ValueError("grounded decoding needs the xgrammar structured-output backend")
-        worst = output_spec(card.labels, card.bounds).max_tokens
+        worst = output_spec(card.labels, card.bounds, answer_format=answer_format(card)).max_tokens
         if worst + 256 > engine.max_model_len:
             raise ValueError(
                 f"max_model_len {engine.max_model_len} is too small for the task card's bounds: the longest answer"
@@ -150,6 +150,7 @@ class Extractor(ExtractorBase):
         self.limits = limits or Limits()
         self.constrained = constrained
         self.grounded = grounded
+        self.answer_format = answer_format(card)
         self._schemas_seen: set[str] = set()
 
     def prepare(self, text: str, labels: Sequence[str] | None = None, max_entities: int | None = None) -> Prepared:
@@ -158,7 +159,8 @@ class Extractor(ExtractorBase):
             raise InputError("max_entities must be positive")
         label_set = self.labels_for(labels)
         spec = output_spec(label_set, self.card.bounds, text, max_entities,
-                           items_in_schema=self.engine.config.structured_backend != "outlines")
+                           items_in_schema=self.engine.config.structured_backend != "outlines",
+                           answer_format=self.answer_format)
         prompt = render_prompt(self.engine.tokenizer, self.card, text, label_set)
         ids = self.engine.tokenizer.encode(prompt, add_special_tokens=False)
         budget = self.engine.max_model_len - len(ids)
@@ -168,7 +170,7 @@ class Extractor(ExtractorBase):
                 f" exceed max_model_len {self.engine.max_model_len}"
             )
         if self.grounded:
-            grammar, max_tokens = grounded_grammar(text, label_set, self.card.bounds, max_entities)
+            grammar, max_tokens = grounded_grammar(text, label_set, self.card.bounds, max_entities, self.answer_format)
             # Entity texts here are bounded by the input, not by max_entity_chars: for long inputs the worst case
             # exceeds the context, and the answer gets what is left (it parses unless a model fills it all).
             return Prepared(GenerationRequest(ids, None, min(max_tokens, budget), grammar), None, label_set)
@@ -181,7 +183,7 @@ class Extractor(ExtractorBase):
         usage = Usage(out.prompt_tokens, out.completion_tokens, out.queue_seconds, out.engine_seconds,
                       time.perf_counter() - started)
         try:
-            mentions = parse_answer(out.text, prepared.labels.names)
+            mentions = parse_answer(out.text, prepared.labels.names, self.answer_format)
         except AnswerParseError:
             return ExtractionResult([], out.text, False, finish_reason=out.finish_reason, usage=usage,
                                     new_schema=new_schema)

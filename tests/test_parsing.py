@@ -78,3 +78,18 @@ def test_answer_round_trip() -> None:
     assert answer == ('{"entities":[{"label":"PER","text":"Alice"},{"label":"PER","text":"Bob"},'
                       '{"label":"LOC","text":"Rome"}]}')
     assert ground(text, parse_answer(answer)).entities == sorted(gold)
+
+
+def test_pairs_answers_parse_and_ground() -> None:
+    from ner.card import ANSWER_PAIRS
+
+    text = "Alice met Bob in Rome"
+    gold = [Entity.at(text, 17, 21, "LOC"), Entity.at(text, 0, 5, "PER"), Entity.at(text, 10, 13, "PER")]
+    answer = render_answer(gold, ANSWER_PAIRS)
+    assert answer == '[["PER","Alice"],["PER","Bob"],["LOC","Rome"]]'
+    assert ground(text, parse_answer(answer, ["PER", "LOC"], ANSWER_PAIRS)).entities == sorted(gold)
+    assert parse_answer("[]", None, ANSWER_PAIRS) == []
+    for bad, why in [('{"entities":[]}', "list of"), ('[["PER"]]', "pair"), ('[["PER","Bob","x"]]', "pair"),
+                     ('[[1,"Bob"]]', "string label"), ('[["ORG","Bob"]]', "unknown label"), ('[["PER",""]]', "empty")]:
+        with pytest.raises(AnswerParseError, match=why):
+            parse_answer(bad, ["PER", "LOC"], ANSWER_PAIRS)

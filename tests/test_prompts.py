@@ -64,3 +64,41 @@ def test_card_round_trip(tmp_path) -> None:
         TaskCard.load(tmp_path)
     with pytest.raises(FileNotFoundError, match="no task card"):
         TaskCard.load(tmp_path / "missing")
+
+
+def test_v2_prompt_names_labels_and_describes_only_where_given(qwen_tokenizer) -> None:
+    from ner.labels import LabelSet
+
+    labels = LabelSet.from_names(["person", "location", "drug"], {"drug": "medicines and active substances"})
+    card = TaskCard(labels=labels, template="nerve-ner-v2")
+    system = render_messages(card, "x")[0]["content"]
+    assert "person, location, drug (medicines and active substances)" in system
+    v1 = render_prompt(qwen_tokenizer, TaskCard.preset("cluener"), "彭小军认为")
+    v2 = render_prompt(qwen_tokenizer, replace(TaskCard.preset("cluener"), template="nerve-ner-v2",
+                                               labels=LabelSet.from_names(CLUENER.names)), "彭小军认为")
+    n1, n2 = (len(qwen_tokenizer.encode(p, add_special_tokens=False)) for p in (v1, v2))
+    assert n2 * 4 < n1  # the compact prompt is a fraction of v1's
+
+
+def test_v2_training_pair_answers_in_pairs_for_the_listed_labels(qwen_tokenizer) -> None:
+    from ner.labels import LabelSet
+
+    card = TaskCard(labels=LabelSet.from_names(CLUENER.names), template="nerve-ner-v2")
+    text = "彭小军认为，国内银行现在走的是台湾的发卡模式"
+    ents = [Entity.at(text, 0, 3, "name"), Entity.at(text, 15, 17, "address")]
+    listed = LabelSet.from_names(["address", "game", "name"])
+    pair = render_training_pair(qwen_tokenizer, card, text, ents, listed)
+    assert pair.prompt == render_prompt(qwen_tokenizer, card, text, listed)
+    assert "address, game, name." in pair.prompt and "company" not in pair.prompt
+    assert pair.completion == '[["name","彭小军"],["address","台湾"]]<|im_end|>'
+    empty = render_training_pair(qwen_tokenizer, card, text, [], LabelSet.from_names(["game"]))
+    assert empty.completion == "[]<|im_end|>"
+    with pytest.raises(ValueError, match="not in the prompt's label list"):
+        render_training_pair(qwen_tokenizer, card, text, ents, LabelSet.from_names(["game"]))
+
+
+def test_card_open_labels_round_trip(tmp_path) -> None:
+    card = TaskCard(labels=CLUENER, template="nerve-ner-v2", open_labels=True)
+    card.save(tmp_path)
+    assert TaskCard.load(tmp_path).open_labels is True
+    assert TaskCard.from_dict({"labels": ["PER"]}).open_labels is False

@@ -48,7 +48,7 @@ def test_schema_shape_and_bucketing() -> None:
     assert output_spec(CONLL2003, bounds, "x" * 20) is short
     assert output_spec(CONLL2003, bounds, "x" * 500).max_entity_chars == 64
     assert output_spec(CONLL2003, bounds, "x" * 500, max_entities=2).max_entities == 2
-    assert output_spec(CONLL2003, bounds, "x", max_entities=100).max_entities == 8
+    assert output_spec(CONLL2003, bounds, "x" * 40, max_entities=100).max_entities == 8
     with pytest.raises(ValueError):
         output_spec(CONLL2003, bounds, "x", max_entities=0)
 
@@ -98,3 +98,49 @@ def test_xgrammar_accepts_exactly_the_bounded_language() -> None:
     assert not accepts('{"entities": []}')  # free whitespace
     three = ",".join(['{"label":"PER","text":"Bob"}'] * 3)
     assert not accepts('{"entities":[' + three + "]}")  # too many items
+
+
+def test_bounds_follow_the_input() -> None:
+    """A short text cannot hold the card's worst case: its answer bound shrinks with it."""
+    from ner.schema import items_for_text
+
+    assert [items_for_text(n) for n in (0, 1, 2, 3, 4, 5, 8, 9, 17, 33)] == [1, 1, 1, 2, 2, 4, 4, 8, 16, 32]
+    bounds = SchemaBounds(max_entities=24, max_entity_chars=64)
+    tiny, short, long = (output_spec(CLUENER, bounds, t) for t in ("卢进", "浙商银行企业信贷部叶老桂博士", "x" * 400))
+    assert (tiny.max_entities, short.max_entities, long.max_entities) == (1, 8, 24)
+    assert tiny.max_tokens < short.max_tokens < long.max_tokens
+    assert tiny.schema["properties"]["entities"]["maxItems"] == 1
+
+
+def test_pairs_schema_admits_exactly_the_v2_answers() -> None:
+    """The v2 schema: a list of [label, text] pairs, labels from the enum, bounded like v1, fewer bytes."""
+    import re
+
+    from ner.card import ANSWER_PAIRS
+
+    bounds = SchemaBounds(max_entities=8, max_entity_chars=64)
+    text = "EU rejects German call to boycott British lamb ."
+    v2 = output_spec(CONLL2003, bounds, text, answer_format=ANSWER_PAIRS)
+    v1 = output_spec(CONLL2003, bounds, text)
+    assert v2.schema["type"] == "array" and v2.schema["maxItems"] == 8
+    pair = v2.schema["items"]
+    assert pair["prefixItems"][0] == {"enum": ["PER", "LOC", "ORG", "MISC"]}
+    assert re.fullmatch(pair["prefixItems"][1]["pattern"].strip("^$"), "British")
+    assert (pair["minItems"], pair["maxItems"], pair["items"]) == (2, 2, False)
+    assert v2.max_entities == v1.max_entities and v2.max_tokens < v1.max_tokens
+    unbounded = output_spec(CONLL2003, bounds, text, answer_format=ANSWER_PAIRS, items_in_schema=False)
+    assert "maxItems" not in unbounded.schema and unbounded.max_tokens == v2.max_tokens
+    with pytest.raises(ValueError, match="unknown answer format"):
+        output_spec(CONLL2003, bounds, text, answer_format="yaml")
+
+
+def test_pairs_budget_covers_longest_member_in_real_tokens(qwen_tokenizer) -> None:
+    import json
+
+    from ner.card import ANSWER_PAIRS
+
+    spec = output_spec(CLUENER, SchemaBounds(max_entities=3, max_entity_chars=16), answer_format=ANSWER_PAIRS)
+    longest = max(CLUENER.names, key=lambda n: len(n.encode()))
+    for char in ["a", "中", "😀", "\u0378"]:
+        worst = json.dumps([[longest, char * 16]] * 3, ensure_ascii=False, separators=(",", ":"))
+        assert len(qwen_tokenizer.encode(worst, add_special_tokens=False)) + 1 <= spec.max_tokens

@@ -72,6 +72,20 @@ class ModelArgs:
 
 
 @dataclass
+class DataSource:
+    """One dataset of a training mixture (``data.sources``), with its own label vocabulary."""
+
+    train_file: str = _f("", "Training data of this source (any format `data.format` names).")
+    dev_file: str | None = _f(None, "Dev data of this source (its dev loss is computed with its own label list).")
+    format: str = _f("auto", "Dataset format of this source's files.",
+                     choices=("auto", "cluener", "conll", "bmes", "jsonl", "prodigy"))
+    rename: list[str] = _f([], "Label renames OLD=new (e.g. PER=person): how this source's labels are named in "
+                               "prompts and answers.")
+    max_train_examples: int | None = _f(None, "Use only this many training examples of this source (random subset).")
+    max_dev_examples: int | None = _f(None, "Use only this many dev examples of this source (random subset).")
+
+
+@dataclass
 class DataArgs:
     """Where the examples come from, which labels they use, and how long a training sequence may be."""
 
@@ -94,6 +108,23 @@ class DataArgs:
         "training data, rounded up to a multiple of 16.",
     )
     length_percentile: float = _f(99.0, "Percentile of example lengths that sets `max_length` when it is empty.")
+    sources: list[DataSource] = _f(
+        [], "A mixture of datasets instead of train_file/dev_file: a list of mappings with the fields of "
+        "DataSource (train_file, dev_file, format, rename, max_train_examples, max_dev_examples). The card's "
+        "labels are the union of the sources' (renamed) labels; each example is rendered with its own source's.",
+    )
+    template: str | None = _f(None, "Prompt template of the tuned model: nerve-ner-v2 (compact; the default for "
+                                    "tuning) or nerve-ner-v1. Empty: nerve-ner-v2.")
+    label_sampling: bool = _f(
+        False, "Render each training example with a sampled label list (shuffled; present labels dropped with "
+        "their gold entities, absent ones kept or left out) so that the model follows the list it is given: the "
+        "card then declares open labels.",
+    )
+    label_drop_present: float = _f(0.15, "Label sampling: chance that a label present in the example is left out "
+                                         "of its list (its entities leave the answer).")
+    label_keep_absent: float = _f(0.6, "Label sampling: chance that a label absent from the example is listed.")
+    label_full_list: float = _f(0.25, "Label sampling: chance that an example gets its source's full label list "
+                                      "in the card's order.")
     overlength: str = _f(
         "drop", "What to do with examples longer than `max_length`: drop (default) or truncate (keep the first "
         "`max_length` tokens; a truncated answer loses its end token). Either way they are counted and reported.",
@@ -316,7 +347,13 @@ _NONE_WORDS = {"", "null", "none", "~", "auto"}
 
 
 def _coerce(value: Any, tp: Any) -> Any:
-    """``value`` as type ``tp`` (bool, int, float, str, list[str], and ``X | None`` of these)."""
+    """``value`` as type ``tp`` (bool, int, float, str, list[str], a dataclass, and ``X | None`` of these)."""
+    if is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise TypeError(f"expected a mapping with the fields of {tp.__name__}, got {value!r}")
+        return _build(tp, value, tp.__name__)
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]

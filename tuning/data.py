@@ -26,12 +26,12 @@ from typing import Any
 
 from ner.card import CARD_FILENAME, TaskCard
 from ner.labels import PRESETS, LabelSet
-from ner.prompts import render_answer, render_training_pair
+from ner.prompts import answer_format, render_answer, render_training_pair
 from ner.readers import NoEntitiesError, read_dataset
 from ner.schema import TEXT_PATTERN  # noqa: F401  (documents which texts the schema admits)
 from ner.types import Example
 
-from .config import ConfigError, DataArgs, expand_path
+from .config import ConfigError, DataArgs, DataSource, expand_path
 
 logger = logging.getLogger("nerve.tuning")
 
@@ -108,6 +108,106 @@ def load_splits(data: DataArgs) -> tuple[list[Example], list[Example]]:
     return train, dev
 
 
+def _renames(source: DataSource) -> dict[str, str]:
+    out = {}
+    for item in source.rename:
+        old, sep, new = item.partition("=")
+        if not sep or not old.strip() or not new.strip():
+            raise ConfigError(f"data.sources rename {item!r}: expected OLD=new")
+        out[old.strip()] = new.strip()
+    return out
+
+
+def _renamed(examples: Sequence[Example], renames: dict[str, str]) -> list[Example]:
+    if not renames:
+        return list(examples)
+    return [Example(ex.text, [replace(e, label=renames.get(e.label, e.label)) for e in ex.entities], ex.id)
+            for ex in examples]
+
+
+@dataclass
+class Mixture:
+    """Training and dev examples of several sources, each example with its source's label vocabulary."""
+
+    train: list[Example]
+    train_vocab: list[tuple[str, ...]]
+    dev: list[Example]
+    dev_vocab: list[tuple[str, ...]]
+    labels: list[str]
+    """The union of the sources' labels, in source order (the card's labels)."""
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Examples per source file: ``{"train": n, "dev": m}``."""
+
+
+def load_mixture(data: DataArgs) -> Mixture:
+    """The examples of ``data.sources``, renamed, subsetted and concatenated (shuffled by the trainer)."""
+    mix = Mixture([], [], [], [], [])
+    for i, source in enumerate(data.sources):
+        if not source.train_file:
+            raise ConfigError(f"data.sources[{i}].train_file is required")
+        renames = _renames(source)
+
+        def load(path: str, source: DataSource = source) -> list[Example]:
+            try:
+                return load_examples(path, source.format, data.conll_scheme, allow_empty=data.allow_no_entities)
+            except NoEntitiesError as exc:
+                raise ConfigError(f"{exc} (data.allow_no_entities: true)") from exc
+
+        train = _renamed(subset(load(source.train_file), source.max_train_examples, data.seed + i), renames)
+        dev = _renamed(subset(load(source.dev_file), source.max_dev_examples, data.seed + 100 + i), renames) \
+            if source.dev_file else []
+        vocab = tuple(infer_labels(train))
+        if not vocab:
+            raise ConfigError(f"{source.train_file}: no entities after renaming")
+        stray = sorted({e.label for ex in dev for e in ex.entities} - set(vocab))
+        if stray:
+            raise ConfigError(f"{source.dev_file}: labels {stray} do not occur in {source.train_file}")
+        mix.train += train
+        mix.train_vocab += [vocab] * len(train)
+        mix.dev += dev
+        mix.dev_vocab += [vocab] * len(dev)
+        mix.labels += [n for n in vocab if n not in mix.labels]
+        mix.counts[source.train_file] = {"train": len(train), "dev": len(dev)}
+        logger.info("source %s: %d train, %d dev examples, labels %s", source.train_file, len(train), len(dev),
+                    ", ".join(vocab))
+    return mix
+
+
+def sample_label_list(example: Example, vocab: Sequence[str], rng: random.Random, data: DataArgs,
+                      card_order: Sequence[str]) -> tuple[LabelSet, Example]:
+    """A label list for one training example and the example restricted to it.
+
+    With chance ``data.label_full_list`` the list is the source's whole vocabulary in the card's order (what a
+    request naming no labels gets). Otherwise each label present in the example stays with chance
+    ``1 - label_drop_present`` (a dropped label takes its gold entities out of the answer) and each absent one
+    is listed with chance ``label_keep_absent`` (the model must answer nothing for it), in shuffled order.
+    The list is never empty.
+    """
+    present = {e.label for e in example.entities}
+    if rng.random() < data.label_full_list:
+        names = [n for n in card_order if n in set(vocab)]
+    else:
+        names = [n for n in vocab if rng.random() >= (data.label_drop_present if n in present
+                                                         else 1.0 - data.label_keep_absent)]
+        if not names:
+            names = [rng.choice(list(vocab))]
+        rng.shuffle(names)
+    kept = set(names)
+    return LabelSet.from_names(names), Example(example.text, [e for e in example.entities if e.label in kept],
+                                               example.id)
+
+
+def sampled_label_lists(examples: Sequence[Example], vocabs: Sequence[Sequence[str]], data: DataArgs,
+                        card_order: Sequence[str], seed: int) -> tuple[list[Example], list[LabelSet]]:
+    """:func:`sample_label_list` for every example, reproducibly (one seeded generator per example)."""
+    out_ex, out_labels = [], []
+    for i, (ex, vocab) in enumerate(zip(examples, vocabs, strict=True)):
+        labels, kept = sample_label_list(ex, vocab, random.Random(f"{seed}:{i}"), data, card_order)
+        out_ex.append(kept)
+        out_labels.append(labels)
+    return out_ex, out_labels
+
+
 # --- labels and the task card --------------------------------------------------------------------------
 
 
@@ -116,13 +216,17 @@ def infer_labels(examples: Sequence[Example]) -> list[str]:
     return sorted({e.label for ex in examples for e in ex.entities})
 
 
-def resolve_card(data: DataArgs, train: Sequence[Example], *, base_card: TaskCard | None = None) -> TaskCard:
-    """The task card of a run: from ``data.task`` (preset or card file), ``data.labels``, or the data itself.
+def resolve_card(data: DataArgs, train: Sequence[Example], *, base_card: TaskCard | None = None,
+                 labels: Sequence[str] | None = None) -> TaskCard:
+    """The task card of a run: from ``labels`` (a mixture's union), ``data.task`` (preset or card file),
+    ``data.labels``, or the data itself.
 
     ``base_card`` (the base model's own card) lends its prompt template and bounds when the labels come from
     elsewhere; the chat-template hash and metrics are set later.
     """
-    if data.task:
+    if labels:
+        card = TaskCard(labels=LabelSet.from_names(list(labels)), name="ner", language="multi")
+    elif data.task:
         if data.task in PRESETS:
             card = TaskCard.preset(data.task)
         else:
@@ -142,7 +246,8 @@ def resolve_card(data: DataArgs, train: Sequence[Example], *, base_card: TaskCar
         card = TaskCard(labels=LabelSet.from_names(names))
         logger.info("labels inferred from the training data: %s", ", ".join(names))
     if base_card is not None and not data.task:
-        card = replace(card, template=base_card.template, bounds=base_card.bounds, language=base_card.language)
+        card = replace(card, template=base_card.template, bounds=base_card.bounds,
+                       language=card.language if labels else base_card.language)
     return replace(card, metrics={}, chat_template_sha256=None, base_model=None)
 
 
@@ -190,7 +295,7 @@ class EndOfTurn:
 def end_of_turn(tokenizer, card: TaskCard, generation_eos: Sequence[int] | int | None = None) -> EndOfTurn:
     """The end-of-turn marker of ``tokenizer``'s chat template and whether an eos must follow it."""
     pair = render_training_pair(tokenizer, card, "x", [])
-    answer = render_answer([])
+    answer = render_answer([], answer_format(card))
     marker = pair.completion[len(answer):]
     marker_ids = tuple(tokenizer(marker, add_special_tokens=False)["input_ids"]) if marker else ()
     if isinstance(generation_eos, int):
@@ -234,9 +339,16 @@ class Encoded:
 
 
 def encode_causal(tokenizer, card: TaskCard, examples: Sequence[Example], eot: EndOfTurn,
-                  *, check_decode: int = _CHECK_DECODE) -> list[Encoded]:
-    """Prompt and completion ids of each example, checked (see the module docstring)."""
-    pairs = [render_training_pair(tokenizer, card, ex.text, ex.entities) for ex in examples]
+                  *, check_decode: int = _CHECK_DECODE, label_lists: Sequence[LabelSet] | None = None) -> list[Encoded]:
+    """Prompt and completion ids of each example, checked (see the module docstring).
+
+    ``label_lists`` gives each example the label list its prompt names (default: the card's labels).
+    """
+    if label_lists is None:
+        pairs = [render_training_pair(tokenizer, card, ex.text, ex.entities) for ex in examples]
+    else:
+        pairs = [render_training_pair(tokenizer, card, ex.text, ex.entities, labels)
+                 for ex, labels in zip(examples, label_lists, strict=True)]
     if not pairs:
         return []
     prompts = tokenizer([p.prompt for p in pairs], add_special_tokens=False)["input_ids"]

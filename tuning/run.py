@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from ner.card import CARD_FILENAME, TaskCard
+from ner.labels import LabelSet
 from nerve.hardware import describe_machine
 
 from .collate import ListDataset, PackedCollator, PaddingCollator, check_packing, pack_features
@@ -35,15 +36,20 @@ from .data import (
     encode_causal,
     end_of_turn,
     generation_eos_ids,
+    load_mixture,
     load_splits,
     report_causal,
     resolve_card,
     restrict_labels,
+    sampled_label_lists,
 )
 from .export import RUN_FILENAME
 from .methods import compute_dtype, get_method, mixed_precision_bf16, trainable_summary
 
 logger = logging.getLogger("nerve.tuning")
+
+TUNED_TEMPLATE = "nerve-ner-v2"
+"""The prompt template tuned checkpoints use unless ``data.template`` says otherwise (compact, see ner.prompts)."""
 
 
 def tune(config_path: str | Path | None, overrides: Sequence[str] = (), *, callbacks: Sequence[Any] = (),
@@ -178,9 +184,13 @@ def run_config(cfg: TuneConfig, *, callbacks: Sequence[Any] = (), console=None) 
         tokenizer.pad_token = tokenizer.eos_token
 
     # --- data --------------------------------------------------------------------------------------------
-    train_ex, dev_ex = load_splits(cfg.data)
+    mixture = load_mixture(cfg.data) if cfg.data.sources else None
+    train_ex, dev_ex = (mixture.train, mixture.dev) if mixture else load_splits(cfg.data)
     base_card = TaskCard.load(model_path) if (model_path / CARD_FILENAME).is_file() else None
-    card = resolve_card(cfg.data, train_ex, base_card=base_card if causal else None)
+    card = resolve_card(cfg.data, train_ex, base_card=base_card if causal else None,
+                        labels=mixture.labels if mixture else None)
+    if causal:
+        card = replace(card, template=cfg.data.template or TUNED_TEMPLATE, open_labels=cfg.data.label_sampling)
     train_ex, dropped = restrict_labels(train_ex, card.labels.names, cfg.data.unknown_labels, "train")
     dev_ex, dropped_dev = restrict_labels(dev_ex, card.labels.names, cfg.data.unknown_labels, "dev")
     card = replace(card, base_model=cfg.model.name_or_path)
@@ -188,12 +198,18 @@ def run_config(cfg: TuneConfig, *, callbacks: Sequence[Any] = (), console=None) 
     if causal:
         card = card.with_chat_template(tokenizer.chat_template)
         eot = end_of_turn(tokenizer, card, generation_eos_ids(model_path))
-        encoded = encode_causal(tokenizer, card, train_ex, eot)
+        train_lists = dev_lists = None
+        if cfg.data.label_sampling:
+            vocabs = mixture.train_vocab if mixture else [tuple(card.labels.names)] * len(train_ex)
+            train_ex, train_lists = sampled_label_lists(train_ex, vocabs, cfg.data, card.labels.names, cfg.data.seed)
+        if mixture:  # each dev example is scored with its own source's labels, in the card's order
+            dev_lists = [LabelSet.from_names([n for n in card.labels.names if n in v]) for v in mixture.dev_vocab]
+        encoded = encode_causal(tokenizer, card, train_ex, eot, label_lists=train_lists)
         report = report_causal("train", train_ex, encoded, card, cfg.data, dropped_entities=dropped)
         max_len = report.max_length
         train_enc, over = apply_max_length(encoded, max_len, cfg.data.overlength)
         train_feats = [e.as_feature() for e in train_enc]
-        dev_encoded = encode_causal(tokenizer, card, dev_ex, eot)
+        dev_encoded = encode_causal(tokenizer, card, dev_ex, eot, label_lists=dev_lists)
         dev_report = report_causal("dev", dev_ex, dev_encoded, card, cfg.data, max_len, dropped_dev) if dev_ex else None
         dev_feats = [e.as_feature() for e in apply_max_length(dev_encoded, max_len, cfg.data.overlength)[0]]
         if over:

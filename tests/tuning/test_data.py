@@ -179,3 +179,69 @@ def test_train_or_dev_files_without_entities_are_refused_unless_allowed(tmp_path
         data_report(empty, chat_tokenizer_dir, task="conll2003")
     rep = data_report(empty, chat_tokenizer_dir, task="conll2003", allow_empty=True)
     assert rep.examples == 3 and rep.without_entities == 3 and rep.entities == 0
+
+
+# --- open label sets: sampled label lists and mixtures -----------------------------------------------
+
+
+def _sampling(**kw) -> DataArgs:
+    return DataArgs(label_sampling=True, **kw)
+
+
+def test_sampled_lists_drop_gold_with_their_label_and_list_absent_labels() -> None:
+    import random
+
+    from tuning.data import sample_label_list
+
+    text = "Alice met Bob in Rome"
+    ex = Example(text, [Entity.at(text, 0, 5, "PER"), Entity.at(text, 10, 13, "PER"), Entity.at(text, 17, 21, "LOC")])
+    vocab = ("PER", "LOC", "ORG", "MISC")
+    seen_absent_only = seen_dropped = seen_full = 0
+    for seed in range(300):
+        labels, kept = sample_label_list(ex, vocab, random.Random(seed), _sampling(), vocab)
+        names = set(labels.names)
+        assert names and names <= set(vocab)
+        # the answer holds exactly the gold entities whose label is listed
+        assert kept.entities == [e for e in ex.entities if e.label in names]
+        seen_absent_only += not kept.entities  # e.g. [ORG, MISC]: the right answer is []
+        seen_dropped += ("PER" not in names) and ("LOC" in names)
+        seen_full += labels.names == list(vocab)
+    assert seen_absent_only and seen_dropped and 40 < seen_full < 130  # label_full_list 0.25 of 300
+
+
+def test_sampled_lists_are_reproducible_and_follow_the_settings() -> None:
+    from tuning.data import sampled_label_lists
+
+    examples = synth_examples(40, seed=3)
+    vocabs = [("PER", "LOC", "ORG")] * len(examples)
+    a = sampled_label_lists(examples, vocabs, _sampling(), ["PER", "LOC", "ORG"], seed=7)
+    b = sampled_label_lists(examples, vocabs, _sampling(), ["PER", "LOC", "ORG"], seed=7)
+    assert [x.names for x in a[1]] == [x.names for x in b[1]] and a[0] == b[0]
+    never_drop = _sampling(label_drop_present=0.0, label_keep_absent=0.0, label_full_list=0.0)
+    kept, lists = sampled_label_lists(examples, vocabs, never_drop, ["PER", "LOC", "ORG"], seed=7)
+    for ex, orig, labels in zip(kept, examples, lists, strict=True):
+        present = {e.label for e in orig.entities}
+        assert set(labels.names) == (present or set(labels.names)) and ex.entities == orig.entities
+
+
+def test_mixture_renames_labels_and_keeps_each_source_vocabulary(tmp_path) -> None:
+    from tuning.data import load_mixture
+
+    text_en, text_zh = "Alice met Bob in Rome", "叶老桂在浙商银行"
+    en = write_jsonl(tmp_path / "en.jsonl", [Example(text_en, [Entity.at(text_en, 0, 5, "PER"),
+                                                               Entity.at(text_en, 17, 21, "LOC")])])
+    zh = write_jsonl(tmp_path / "zh.jsonl", [Example(text_zh, [Entity.at(text_zh, 0, 3, "name"),
+                                                               Entity.at(text_zh, 4, 8, "company")])])
+    cfg = load_config(None, ["--data.sources", f"[{{train_file: {en}, dev_file: {en}, rename: [PER=person, "
+                             f"LOC=location]}}, {{train_file: {zh}}}]", "--data.label_sampling", "true"])
+    mix = load_mixture(cfg.data)
+    assert mix.labels == ["location", "person", "company", "name"]
+    assert mix.train_vocab == [("location", "person"), ("company", "name")] and mix.dev_vocab == [("location", "person")]
+    assert [e.label for e in mix.train[0].entities] == ["person", "location"]
+    assert mix.counts[str(en)] == {"train": 1, "dev": 1}
+    bad = load_config(None, ["--data.sources", f"[{{train_file: {en}, rename: [PER]}}]"])
+    with pytest.raises(ConfigError, match="expected OLD=new"):
+        load_mixture(bad.data)
+    saved = load_config(None, ["--data.sources", f"[{{train_file: {en}}}]"])
+    path = saved.save(tmp_path / "c.yaml")
+    assert load_config(path).data.sources[0].train_file == str(en)  # a run's config.yaml reloads

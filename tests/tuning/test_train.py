@@ -244,3 +244,18 @@ def test_auto_dtype_reaches_the_trainer(tiny_causal_dir, synth_files, tmp_path, 
     assert record["dtype"]["bf16_mixed_precision"] is native_bf16
     assert record["machine"]["cpu"]["native_bf16"] is native_bf16
     assert seen == [getattr(torch, weights)]
+
+
+def test_mixture_with_label_sampling_tunes_an_open_label_v2_card(tiny_causal_dir, synth_files, tmp_path) -> None:
+    from ner.card import TaskCard
+
+    sources = (f"[{{train_file: {synth_files['train']}, dev_file: {synth_files['dev']}, rename: [PER=person]}}, "
+               f"{{train_file: {synth_files['train']}, max_train_examples: 8}}]")
+    run = tune(TINY, ["--model.name_or_path", str(tiny_causal_dir), "--train.output_dir", str(tmp_path / "run"),
+                      "--data.task", "", "--data.sources", sources, "--data.label_sampling", "true",
+                      "--train.max_steps", "2", "--train.eval_steps", "0", "--train.save_steps", "2"])
+    card = TaskCard.load(run / "final")
+    assert card.template == "nerve-ner-v2" and card.open_labels
+    assert "person" in card.labels.names and "PER" in card.labels.names  # the second source is not renamed
+    report = json.loads((run / "data_report.json").read_text())
+    assert report["train"]["examples"] == 24 + 8 and report["dev"]["examples"] == 6
