@@ -193,6 +193,8 @@ class TrainArgs:
     bf16: bool | None = _f(None, "bf16 mixed precision: true, false, or empty for auto (on when the compute "
                                  "dtype is bfloat16, see model.dtype).")
     packing: bool = _f(False, "Pack several examples into one row, with attention boundaries between them.")
+    pack_length: int | None = _f(None, "Tokens per packed row (empty: data.max_length). Longer rows hold more "
+                                       "short examples per forward pass.")
     selective_logits: bool = _f(True, "Compute the output layer only at positions that have a label "
                                       "(the completion), not over the prompt.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass (less memory, slower).")

@@ -269,12 +269,15 @@ def run_config(cfg: TuneConfig, *, callbacks: Sequence[Any] = (), console=None) 
     pad = tokenizer.pad_token_id
     if cfg.train.packing:
         check_packing(model, train_feats, pad)
-        train_ds = ListDataset(pack_features(train_feats, max_len))
-        eval_ds = ListDataset(pack_features(dev_feats, max_len)) if dev_feats else None
+        width = cfg.train.pack_length or max_len
+        if width < max_len:
+            raise ConfigError(f"train.pack_length ({width}) must be at least data.max_length ({max_len})")
+        train_ds = ListDataset(pack_features(train_feats, width))
+        eval_ds = ListDataset(pack_features(dev_feats, width)) if dev_feats else None
         collator = PackedCollator(pad)
         logger.info("packing: %d examples in %d rows of <= %d tokens (%.0f%% filled)", len(train_feats),
-                    len(train_ds), max_len,
-                    100 * sum(len(f["input_ids"]) for f in train_feats) / (len(train_ds) * max_len))
+                    len(train_ds), width,
+                    100 * sum(len(f["input_ids"]) for f in train_feats) / (len(train_ds) * width))
     else:
         train_ds = ListDataset(train_feats)
         eval_ds = ListDataset(dev_feats) if dev_feats else None

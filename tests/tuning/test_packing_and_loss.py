@@ -106,3 +106,25 @@ def test_selective_logits_loss_and_grads_equal_full(model_and_features) -> None:
     model.zero_grad()
     # The hook is gone: the model is back to full logits.
     assert model(**inputs, use_cache=False).logits.shape[:2] == batch["input_ids"].shape
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packing_guard_passes_isolated_rows_and_catches_leaks(model_and_features, monkeypatch, dtype) -> None:
+    """The run-time guard accepts real packing in 16-bit too, and fails when examples see each other."""
+    import copy
+
+    from tuning import collate
+
+    model, feats, pad = model_and_features
+    model = copy.deepcopy(model).to(dtype)
+    check_packing(model, feats, pad)
+    real = collate.PackedCollator.__call__
+
+    def leaky(self, rows):  # positions that never restart: attention runs across the packed examples
+        batch = real(self, rows)
+        batch["position_ids"] = torch.arange(batch["input_ids"].shape[1]).expand_as(batch["input_ids"])
+        return batch
+
+    monkeypatch.setattr(collate.PackedCollator, "__call__", leaky)
+    with pytest.raises(RuntimeError, match="packing check failed"):
+        check_packing(model, feats, pad)
