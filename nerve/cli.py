@@ -116,7 +116,9 @@ def extract(
     task: TaskOpt = None,
     file: Annotated[Path | None, typer.Option(
         "--file", "-f", help="Input: .jsonl with a 'text' field, or one text per line.")] = None,
-    labels: Annotated[str | None, typer.Option(help="Comma-separated subset of the task's labels.")] = None,
+    labels: Annotated[str | None, typer.Option(help=(
+        "Comma-separated labels to extract: a subset of the task card's, or any names when the card has open "
+        "labels."))] = None,
     raw: Annotated[bool, typer.Option(help="Include the model's raw JSON answer.")] = False,
     backend: BackendOpt = "xgrammar",
     max_model_len: MaxLenOpt = 8192,
@@ -145,6 +147,20 @@ def extract(
         typer.echo(json.dumps(out, ensure_ascii=False))
 
 
+def _renamed_gold(examples, spec: str):
+    """Gold examples with labels renamed by ``OLD=new,...`` (a CLI option)."""
+    from dataclasses import replace
+
+    from ner.types import Example
+
+    pairs = [p.split("=", 1) for p in spec.split(",") if p.strip()]
+    if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        fail(f"--rename {spec!r}: expected OLD=new,OLD=new")
+    table = {a.strip(): b.strip() for a, b in pairs}
+    return [Example(ex.text, [replace(e, label=table.get(e.label, e.label)) for e in ex.entities], ex.id)
+            for ex in examples]
+
+
 @app.command("eval")
 def evaluate_cmd(
     data: Annotated[Path, typer.Option(
@@ -159,10 +175,17 @@ def evaluate_cmd(
     backend: BackendOpt = "xgrammar",
     max_model_len: MaxLenOpt = 8192,
     grounded: GroundedOpt = False,
+    labels: Annotated[str | None, typer.Option(help=(
+        "Comma-separated labels to extract and score (any names when the task card has open labels); "
+        "default: the card's."))] = None,
+    rename: Annotated[str | None, typer.Option(help=(
+        "Comma-separated gold label renames OLD=new, e.g. PER=person,LOC=location: score CoNLL tags against "
+        "a model that names them in words."))] = None,
 ) -> None:
     """Score a model on gold data: strict entity P/R/F1 per type, micro/macro, exact match, parse rate."""
     from ner.readers import DatasetFormatError, read_dataset
-    from service.pipeline import Limits, evaluate_with_progress, run_with_extractor
+    from ner.types import Example
+    from service.pipeline import InputError, Limits, evaluate_with_progress, run_with_extractor
 
     from .reports import write_report
 
@@ -172,18 +195,28 @@ def evaluate_cmd(
         fail_on_data(exc)
     if limit:
         examples = examples[:limit]
+    if rename:
+        examples = _renamed_gold(examples, rename)
+    label_list = [x.strip() for x in labels.split(",") if x.strip()] if labels else None
     path, card, cfg = _engine_setup(model, task, backend, max_model_len)
-    unknown = sorted({e.label for ex in examples for e in ex.entities} - set(card.labels.names))
-    if unknown:
-        fail(f"{data}: labels {unknown} are not in the task card ({card.labels.names}); pass --task")
+    if label_list:  # score only the requested labels; gold entities of other labels are left out
+        keep = set(label_list)
+        examples = [Example(ex.text, [e for e in ex.entities if e.label in keep], ex.id) for ex in examples]
+    else:
+        unknown = sorted({e.label for ex in examples for e in ex.entities} - set(card.labels.names))
+        if unknown:
+            fail(f"{data}: labels {unknown} are not in the task card ({card.labels.names}); pass --task, --labels "
+                 "or --rename")
 
     t0 = time.perf_counter()
 
     async def body(ex):
-        return await evaluate_with_progress(ex, examples, console=err)
+        return await evaluate_with_progress(ex, examples, console=err, labels=label_list)
 
     try:
         res = run_with_extractor(body, cfg, card, limits=Limits(max_text_chars=1 << 20), grounded=grounded)
+    except InputError as exc:
+        fail(f"--labels: {exc}")
     except ValueError as exc:
         fail(str(exc))
     wall = time.perf_counter() - t0

@@ -156,13 +156,13 @@ class EncoderExtractor(ExtractorBase):
         self.card = card
         self.limits = limits or Limits()
 
-    def prepare(self, text: str, labels: Sequence[str] | None = None, max_entities: int | None = None) -> LabelSet:
+    def prepare(self, text: str, labels: Sequence[str] | LabelSet | None = None, max_entities: int | None = None) -> LabelSet:
         _check_text(text, self.limits)
         if max_entities is not None and max_entities < 1:
             raise InputError("max_entities must be positive")
         return self.labels_for(labels)
 
-    async def extract(self, text: str, *, labels: Sequence[str] | None = None, max_entities: int | None = None,
+    async def extract(self, text: str, *, labels: Sequence[str] | LabelSet | None = None, max_entities: int | None = None,
                       request_id: str | None = None) -> ExtractionResult:
         started = time.perf_counter()
         wanted = set(self.prepare(text, labels, max_entities).names)

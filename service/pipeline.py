@@ -18,7 +18,7 @@ from typing import Any
 
 from ner.card import TaskCard
 from ner.grounded import grounded_grammar
-from ner.labels import LabelSet
+from ner.labels import Label, LabelSet
 from ner.parsing import AnswerParseError, Mention, ground, parse_answer
 from ner.prompts import answer_format, check_chat_template, render_prompt
 from ner.schema import OutputSpec, output_spec
@@ -28,6 +28,14 @@ from ner.types import Entity, Example
 from .engine import EngineConfig, GenerationOutput, GenerationRequest, VllmEngine
 
 UNCONSTRAINED_MAX_TOKENS = 256
+MAX_REQUEST_LABELS = 32
+"""Most labels one request may name when the card has open labels."""
+MAX_LABEL_DESCRIPTION_CHARS = 200
+
+
+def _clip(s: str, n: int) -> str:
+    """``s`` cut to ``n`` characters (for echoing client input in error messages)."""
+    return s if len(s) <= n else s[: n - 1] + "…"
 """Token budget of unconstrained decoding (benchmarks only), the same as the transformers baseline's."""
 
 
@@ -89,22 +97,58 @@ class ExtractorBase:
 
     card: TaskCard
 
-    def labels_for(self, labels: Sequence[str] | None) -> LabelSet:
-        if not labels:
-            return self.card.labels
-        try:
-            return self.card.labels.subset(list(dict.fromkeys(labels)))
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
+    def labels_for(self, labels: Sequence[str] | LabelSet | None,
+                   descriptions: dict[str, str] | None = None) -> LabelSet:
+        """The label list of a request (a :class:`LabelSet` passes through unchanged).
 
-    def prepare(self, text: str, labels: Sequence[str] | None = None, max_entities: int | None = None) -> Any:
+        A closed card accepts a subset of its labels; an open card (:attr:`TaskCard.open_labels`) accepts any
+        valid names, at most :data:`MAX_REQUEST_LABELS`, with optional descriptions (a card label keeps the
+        card's description unless the request gives one).
+        """
+        if isinstance(labels, LabelSet):
+            return labels
+        descriptions = dict(descriptions or {})
+        if not labels:
+            if descriptions:
+                raise InputError("label_descriptions describe labels named in `labels`, which is empty")
+            return self.card.labels
+        names = list(dict.fromkeys(labels))
+        if not self.card.open_labels:
+            if descriptions:
+                raise InputError("this model's task card has a closed label set: label descriptions are not accepted")
+            unknown = [n for n in names if n not in self.card.labels]
+            if unknown:
+                shown = ", ".join(repr(_clip(n, 64)) for n in unknown[:3]) + (" ..." if len(unknown) > 3 else "")
+                raise InputError(f"{len(unknown)} unknown label(s) {shown}; the task card's labels are "
+                                 f"{', '.join(self.card.labels.names)}")
+            return self.card.labels.subset(names)
+        if len(names) > MAX_REQUEST_LABELS:
+            raise InputError(f"{len(names)} labels requested; at most {MAX_REQUEST_LABELS} per request")
+        stray = [n for n in descriptions if n not in names]
+        if stray:
+            raise InputError(f"label_descriptions names {_clip(stray[0], 64)!r}, which is not in `labels`")
+        card = {lab.name: lab.description for lab in self.card.labels}
+        out = []
+        for name in names:
+            desc = descriptions.get(name, card.get(name, ""))
+            if len(desc) > MAX_LABEL_DESCRIPTION_CHARS or any(unicodedata.category(c) == "Cc" for c in desc):
+                raise InputError(f"the description of label {_clip(name, 64)!r} must be at most "
+                                 f"{MAX_LABEL_DESCRIPTION_CHARS} characters without control characters")
+            try:
+                out.append(Label(name, desc))
+            except ValueError:
+                raise InputError(f"invalid label name {_clip(name, 64)!r}: use 1-64 characters, a letter first, then "
+                                 "letters, digits, '_', '-' or '.'") from None
+        return LabelSet(tuple(out))
+
+    def prepare(self, text: str, labels: Sequence[str] | LabelSet | None = None, max_entities: int | None = None) -> Any:
         raise NotImplementedError
 
-    async def extract(self, text: str, *, labels: Sequence[str] | None = None, max_entities: int | None = None,
+    async def extract(self, text: str, *, labels: Sequence[str] | LabelSet | None = None, max_entities: int | None = None,
                       request_id: str | None = None) -> ExtractionResult:
         raise NotImplementedError
 
-    async def extract_many(self, texts: Sequence[str], *, labels: Sequence[str] | None = None,
+    async def extract_many(self, texts: Sequence[str], *, labels: Sequence[str] | LabelSet | None = None,
                            max_entities: int | None = None,
                            on_result: Callable[[int, ExtractionResult], None] | None = None) -> list[ExtractionResult]:
         """Submit all texts at once (the engine batches them) and return results in input order.
@@ -153,7 +197,7 @@ class Extractor(ExtractorBase):
         self.answer_format = answer_format(card)
         self._schemas_seen: set[str] = set()
 
-    def prepare(self, text: str, labels: Sequence[str] | None = None, max_entities: int | None = None) -> Prepared:
+    def prepare(self, text: str, labels: Sequence[str] | LabelSet | None = None, max_entities: int | None = None) -> Prepared:
         _check_text(text, self.limits)
         if max_entities is not None and max_entities < 1:
             raise InputError("max_entities must be positive")
@@ -191,7 +235,7 @@ class Extractor(ExtractorBase):
         return ExtractionResult(g.entities, out.text, True, g.hallucinated, g.duplicates, out.finish_reason, usage,
                                 new_schema)
 
-    async def extract(self, text: str, *, labels: Sequence[str] | None = None, max_entities: int | None = None,
+    async def extract(self, text: str, *, labels: Sequence[str] | LabelSet | None = None, max_entities: int | None = None,
                       request_id: str | None = None) -> ExtractionResult:
         started = time.perf_counter()
         prepared = self.prepare(text, labels, max_entities)
@@ -218,9 +262,14 @@ class EvaluationResult:
 
 
 async def evaluate(extractor: ExtractorBase, examples: Sequence[Example], *,
-                   on_progress: Callable[[int, int], None] | None = None) -> EvaluationResult:
-    """Score the extractor on gold examples with the shared scorer (strict span P/R/F1)."""
-    scorer = Scorer(labels=extractor.card.labels.names)
+                   on_progress: Callable[[int, int], None] | None = None,
+                   labels: Sequence[str] | LabelSet | None = None) -> EvaluationResult:
+    """Score the extractor on gold examples with the shared scorer (strict span P/R/F1).
+
+    ``labels`` is the label list every prompt names and the labels scored (default: the card's).
+    """
+    label_set = extractor.labels_for(labels)
+    scorer = Scorer(labels=label_set.names)
     done = 0
 
     def tick(i: int, r: ExtractionResult) -> None:
@@ -229,14 +278,14 @@ async def evaluate(extractor: ExtractorBase, examples: Sequence[Example], *,
         if on_progress is not None:
             on_progress(done, len(examples))
 
-    results = await extractor.extract_many([e.text for e in examples], on_result=tick)
+    results = await extractor.extract_many([e.text for e in examples], on_result=tick, labels=label_set)
     for ex, r in zip(examples, results, strict=True):
         scorer.add(ex.entities, r.entities, parsed=r.parsed, hallucinated=[m.label for m in r.hallucinated])
     return EvaluationResult(scorer.report(), [r.usage.total_seconds for r in results], results)
 
 
 async def evaluate_with_progress(extractor: ExtractorBase, examples: Sequence[Example],
-                                 console: Any = None) -> EvaluationResult:
+                                 console: Any = None, labels: Sequence[str] | LabelSet | None = None) -> EvaluationResult:
     """:func:`evaluate` with a rich progress bar (done / total, elapsed, remaining)."""
     from rich.progress import (
         BarColumn,
@@ -250,7 +299,8 @@ async def evaluate_with_progress(extractor: ExtractorBase, examples: Sequence[Ex
     with Progress(TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task("eval", total=len(examples))
-        return await evaluate(extractor, examples, on_progress=lambda d, t: bar.update(task, completed=d))
+        return await evaluate(extractor, examples, on_progress=lambda d, t: bar.update(task, completed=d),
+                              labels=labels)
 
 
 def load_card(model_dir: str | Path, task: str | None = None) -> TaskCard:

@@ -16,6 +16,7 @@ from nerve_client._proto.nerve.v1 import service_pb2 as spb
 from nerve_client._proto.nerve.v1 import service_pb2_grpc
 from nerve_client._proto.nerve.v1 import types_pb2 as tpb
 
+from ner.prompts import answer_format
 from ner.readers import detect_format, read_dataset
 from ner.readers.conll import normalize_scheme
 from ner.schema import output_spec
@@ -186,12 +187,12 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
             rec.texts = [request.text]
         ex = self._extractor()
         max_entities = self._max_entities(request.max_entities, ex)
-        ex.prepare(request.text, request.labels or None, max_entities)  # validate before queueing
+        labels = ex.labels_for(request.labels or None, dict(request.label_descriptions))
+        ex.prepare(request.text, labels, max_entities)  # validate before queueing
         self._check_deadline(context)
         with self._admit(1):
             self.metrics.batch_texts.labels("Extract").observe(1)
-            r = await ex.extract(request.text, labels=request.labels or None, max_entities=max_entities,
-                                 request_id=rec.rid)
+            r = await ex.extract(request.text, labels=labels, max_entities=max_entities, request_id=rec.rid)
         self._record(r)
         rec.fields.update(chars=len(request.text), entities=len(r.entities), tokens=r.usage.completion_tokens)
         res = self._result_pb(r, request.return_raw)
@@ -212,15 +213,16 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
         if size > self.cfg.max_batch_bytes:
             raise InputError(f"{size} bytes of text; the limit is {self.cfg.max_batch_bytes} per call")
         max_entities = self._max_entities(request.max_entities, ex)
+        labels = ex.labels_for(request.labels or None, dict(request.label_descriptions))
         for i, t in enumerate(texts):
             try:
-                ex.prepare(t, request.labels or None, max_entities)
+                ex.prepare(t, labels, max_entities)
             except InputError as exc:
                 raise InputError(f"texts[{i}]: {exc}") from None
         self._check_deadline(context)
         with self._admit(len(texts)):
             self.metrics.batch_texts.labels("ExtractBatch").observe(len(texts))
-            results = await ex.extract_many(texts, labels=request.labels or None, max_entities=max_entities)
+            results = await ex.extract_many(texts, labels=labels, max_entities=max_entities)
         for r in results:
             self._record(r)
         rec.fields.update(texts=len(texts), entities=sum(len(r.entities) for r in results))
@@ -231,7 +233,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
                            rec: RpcRecorder) -> spb.GetModelInfoResponse:
         ex = self._extractor()
         card, eng = ex.card, ex.engine
-        schema = output_spec(card.labels, card.bounds).schema
+        schema = output_spec(card.labels, card.bounds, answer_format=answer_format(card)).schema
         from nerve import __version__
 
         return spb.GetModelInfoResponse(model_info=tpb.ModelInfo(
@@ -245,11 +247,14 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
                 output_schema_json=json.dumps(schema, ensure_ascii=False),
                 bounds=tpb.SchemaBounds(max_entities=card.bounds.max_entities,
                                         max_entity_chars=card.bounds.max_entity_chars),
-                base_model=card.base_model or "", chat_template_sha256=card.chat_template_sha256 or ""),
+                base_model=card.base_model or "", chat_template_sha256=card.chat_template_sha256 or "",
+                open_labels=card.open_labels),
             limits=tpb.Limits(max_text_chars=self.cfg.max_text_chars, max_batch_texts=self.cfg.max_batch_texts,
                               max_batch_bytes=self.cfg.max_batch_bytes, max_message_bytes=self.cfg.max_message_bytes,
                               max_evaluate_examples=self.cfg.max_eval_examples),
             server_version=__version__,
+            dtype=eng.dtype.dtype,
+            dtype_reason=eng.dtype.reason,
         ))
 
     @streaming("Evaluate")

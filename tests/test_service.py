@@ -463,3 +463,66 @@ def test_engine_config_overrides_reach_the_engine() -> None:
     cfg = load_config(None, {"engine": {"max_model_len": "4096"}}, environ={"NERVE_PORT": "6000"})
     assert cfg.engine.max_model_len == 4096 and cfg.port == 6000
     assert isinstance(cfg.engine, EngineConfig)
+
+
+def _open_v2_server(start_server, tiny_engine, open_labels: bool = True):
+    from dataclasses import replace
+
+    from ner.labels import LabelSet
+
+    r = start_server(ready=False)
+    base = TaskCard.load(tiny_engine.config.model)
+    card = replace(base, template="nerve-ner-v2", open_labels=open_labels,
+                   labels=LabelSet.from_names(["person", "location", "organization"]))
+    r.make_ready(Extractor(tiny_engine, card))
+    return r
+
+
+def test_v2_card_answers_always_parse_and_model_info_says_so(start_server, tiny_engine) -> None:
+    """A random model under the v2 (pairs) schema: every answer is a parseable list of [label, text] pairs."""
+    r = _open_v2_server(start_server, tiny_engine)
+    texts = ["Peter Blackburn met officials in Brussels .", "彭小军认为，国内银行现在走的是台湾的发卡模式", "x",
+             "EU rejects German call to boycott British lamb .", "🙂🙂 Angela Merkel visited Paris ."]
+    resp = r.stub.ExtractBatch(spb.ExtractBatchRequest(texts=texts, return_raw=True), timeout=120)
+    for res in resp.results:
+        answer = json.loads(res.raw)
+        assert isinstance(answer, list) and all(len(p) == 2 and p[0] in ("person", "location", "organization")
+                                                for p in answer)
+    info = r.stub.GetModelInfo(spb.GetModelInfoRequest(), timeout=10).model_info
+    assert info.task_card.open_labels and info.task_card.template_id == "nerve-ner-v2"
+    assert json.loads(info.task_card.output_schema_json)["type"] == "array"
+    assert info.dtype in ("bfloat16", "float32") and info.dtype_reason
+
+
+def test_open_labels_per_request(start_server, tiny_engine) -> None:
+    r = _open_v2_server(start_server, tiny_engine)
+    text = "Aspirin helps Bob in Rome"
+    resp = r.stub.Extract(spb.ExtractRequest(text=text, labels=["drug", "person"], return_raw=True,
+                                             label_descriptions={"drug": "medicines"}), timeout=60)
+    assert all(label in ("drug", "person") for label, _ in json.loads(resp.raw))
+    for e in resp.entities:
+        assert e.label in ("drug", "person") and text[e.start:e.end] == e.text
+    bad = [
+        spb.ExtractRequest(text=text, labels=["1drug"]),  # not a valid name
+        spb.ExtractRequest(text=text, labels=[f"l{i}" for i in range(33)]),  # too many
+        spb.ExtractRequest(text=text, labels=["drug"], label_descriptions={"drug": "x" * 201}),
+        spb.ExtractRequest(text=text, labels=["drug"], label_descriptions={"dose": "amounts"}),
+        spb.ExtractRequest(text=text, labels=["drug"], label_descriptions={"drug": "line\nbreak"}),
+        spb.ExtractRequest(text=text, label_descriptions={"drug": "medicines"}),
+    ]
+    for request in bad:
+        assert code_of(r.stub.Extract, request, timeout=30) == grpc.StatusCode.INVALID_ARGUMENT, request
+    batch = spb.ExtractBatchRequest(texts=[text, "Ibuprofen"], labels=["drug"])
+    assert len(r.stub.ExtractBatch(batch, timeout=60).results) == 2
+
+
+def test_closed_cards_refuse_labels_they_do_not_know(start_server, tiny_engine) -> None:
+    r = _open_v2_server(start_server, tiny_engine, open_labels=False)
+    assert code_of(r.stub.Extract, spb.ExtractRequest(text="Bob", labels=["person"]), timeout=60) == grpc.StatusCode.OK
+    for request in (spb.ExtractRequest(text="Bob", labels=["drug"]),
+                    spb.ExtractRequest(text="Bob", labels=["person"], label_descriptions={"person": "people"})):
+        assert code_of(r.stub.Extract, request, timeout=30) == grpc.StatusCode.INVALID_ARGUMENT
+    try:
+        r.stub.Extract(spb.ExtractRequest(text="Bob", labels=["y" * 5000]), timeout=30)
+    except grpc.RpcError as exc:
+        assert len(exc.details()) < 400  # an unknown name is echoed cut short

@@ -362,3 +362,12 @@ def test_tls_with_root_certificates(tls_server):
         assert client.extract("Bob").entities[0].text == "Bob"
     with Client(target, tls=False, retries=0, timeout=5) as client, pytest.raises(UnavailableError):
         client.extract("Ada")  # plaintext to a TLS port
+
+
+def test_label_mapping_sends_names_and_descriptions() -> None:
+    from nerve_client import _convert as cv
+
+    req = cv.extract_request("Aspirin", {"drug": "medicines", "person": ""}, None, False)
+    assert list(req.labels) == ["drug", "person"] and dict(req.label_descriptions) == {"drug": "medicines"}
+    batch = cv.extract_batch_request(["a"], ["drug"], None, False)
+    assert list(batch.labels) == ["drug"] and not batch.label_descriptions

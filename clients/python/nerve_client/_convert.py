@@ -35,12 +35,22 @@ DATASET_FORMATS: Mapping[str, int] = {
 # ---------------------------------------------------------------------------------------------- requests
 
 
-def _labels(labels: Iterable[str] | None) -> list[str]:
+Labels = Iterable[str] | Mapping[str, str] | None
+"""Label names, or a mapping of names to descriptions (descriptions need a task card with open labels)."""
+
+
+def _labels(labels: Labels) -> list[str]:
     if labels is None:
         return []
     if isinstance(labels, str):
         return [labels]
     return list(labels)
+
+
+def _descriptions(labels: Labels) -> dict[str, str]:
+    if isinstance(labels, Mapping):
+        return {str(k): str(v) for k, v in labels.items() if v}
+    return {}
 
 
 def _max_entities(max_entities: int | None) -> int:
@@ -52,17 +62,18 @@ def _max_entities(max_entities: int | None) -> int:
 
 
 def extract_request(
-    text: str, labels: Iterable[str] | None, max_entities: int | None, return_raw: bool
+    text: str, labels: Labels, max_entities: int | None, return_raw: bool
 ) -> pb.ExtractRequest:
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     return pb.ExtractRequest(
-        text=text, labels=_labels(labels), max_entities=_max_entities(max_entities), return_raw=bool(return_raw)
+        text=text, labels=_labels(labels), max_entities=_max_entities(max_entities), return_raw=bool(return_raw),
+        label_descriptions=_descriptions(labels),
     )
 
 
 def extract_batch_request(
-    texts: Iterable[str], labels: Iterable[str] | None, max_entities: int | None, return_raw: bool
+    texts: Iterable[str], labels: Labels, max_entities: int | None, return_raw: bool
 ) -> pb.ExtractBatchRequest:
     if isinstance(texts, str):
         raise TypeError("texts must be a sequence of str, not a str (use extract() for one text)")
@@ -71,7 +82,8 @@ def extract_batch_request(
     if bad:
         raise TypeError(f"texts[{bad[0]}] is a {type(texts[bad[0]]).__name__}, not a str")
     return pb.ExtractBatchRequest(
-        texts=texts, labels=_labels(labels), max_entities=_max_entities(max_entities), return_raw=bool(return_raw)
+        texts=texts, labels=_labels(labels), max_entities=_max_entities(max_entities), return_raw=bool(return_raw),
+        label_descriptions=_descriptions(labels),
     )
 
 
@@ -268,6 +280,7 @@ def model_info_from_proto(m: tpb.ModelInfo) -> ModelInfo:
             bounds=SchemaBounds(max_entities=c.bounds.max_entities, max_entity_chars=c.bounds.max_entity_chars),
             base_model=c.base_model or None,
             chat_template_sha256=c.chat_template_sha256 or None,
+            open_labels=c.open_labels,
         )
     lim = m.limits
     return ModelInfo(
@@ -282,6 +295,8 @@ def model_info_from_proto(m: tpb.ModelInfo) -> ModelInfo:
             max_evaluate_examples=lim.max_evaluate_examples,
         ),
         server_version=m.server_version,
+        dtype=m.dtype,
+        dtype_reason=m.dtype_reason,
     )
 
 

@@ -234,7 +234,7 @@ class Client:
     def extract(
         self,
         text: str,
-        labels: Iterable[str] | None = None,
+        labels: cv.Labels = None,
         max_entities: int | None = None,
         return_raw: bool = False,
         *,
@@ -245,7 +245,8 @@ class Client:
 
         Args:
             text: The input text (at most the server's ``limits.max_text_chars`` characters).
-            labels: Labels to extract (a subset of the task's); ``None`` for all.
+            labels: Labels to extract: names (a subset of the task's, or any names when the task card has open
+                labels), or a mapping of names to descriptions (open labels only); ``None`` for the card's.
             max_entities: Most entities to return (``None``: the task's bound).
             return_raw: Also return the model's raw JSON answer in ``result.raw``.
             timeout: Deadline in seconds for this call, retries included (default: the client's).
@@ -258,7 +259,7 @@ class Client:
     def extract_batch(
         self,
         texts: Iterable[str],
-        labels: Iterable[str] | None = None,
+        labels: cv.Labels = None,
         max_entities: int | None = None,
         return_raw: bool = False,
         *,
@@ -481,7 +482,7 @@ class AsyncClient:
     async def extract(
         self,
         text: str,
-        labels: Iterable[str] | None = None,
+        labels: cv.Labels = None,
         max_entities: int | None = None,
         return_raw: bool = False,
         *,
@@ -496,7 +497,7 @@ class AsyncClient:
     async def extract_batch(
         self,
         texts: Iterable[str],
-        labels: Iterable[str] | None = None,
+        labels: cv.Labels = None,
         max_entities: int | None = None,
         return_raw: bool = False,
         *,

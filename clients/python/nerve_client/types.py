@@ -217,6 +217,8 @@ class TaskCard:
     bounds: SchemaBounds
     base_model: str | None = None
     chat_template_sha256: str | None = None
+    open_labels: bool = False
+    """Whether requests may name labels outside ``labels`` (then the default list)."""
 
     @property
     def label_names(self) -> list[str]:
@@ -250,3 +252,6 @@ class ModelInfo:
     task_card: TaskCard | None
     limits: Limits = field(default_factory=Limits)
     server_version: str = ""
+    dtype: str = ""
+    """The dtype the model runs in (``bfloat16``, ``float16``, ``float32``)."""
+    dtype_reason: str = ""

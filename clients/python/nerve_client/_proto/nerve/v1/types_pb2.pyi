@@ -70,7 +70,7 @@ class SchemaBounds(_message.Message):
     def __init__(self, max_entities: _Optional[int] = ..., max_entity_chars: _Optional[int] = ...) -> None: ...
 
 class TaskCard(_message.Message):
-    __slots__ = ("name", "language", "template_id", "labels", "output_schema_json", "bounds", "base_model", "chat_template_sha256")
+    __slots__ = ("name", "language", "template_id", "labels", "output_schema_json", "bounds", "base_model", "chat_template_sha256", "open_labels")
     NAME_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,7 @@ class TaskCard(_message.Message):
     BOUNDS_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     CHAT_TEMPLATE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    OPEN_LABELS_FIELD_NUMBER: _ClassVar[int]
     name: str
     language: str
     template_id: str
@@ -87,7 +88,8 @@ class TaskCard(_message.Message):
     bounds: SchemaBounds
     base_model: str
     chat_template_sha256: str
-    def __init__(self, name: _Optional[str] = ..., language: _Optional[str] = ..., template_id: _Optional[str] = ..., labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ..., output_schema_json: _Optional[str] = ..., bounds: _Optional[_Union[SchemaBounds, _Mapping]] = ..., base_model: _Optional[str] = ..., chat_template_sha256: _Optional[str] = ...) -> None: ...
+    open_labels: bool
+    def __init__(self, name: _Optional[str] = ..., language: _Optional[str] = ..., template_id: _Optional[str] = ..., labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ..., output_schema_json: _Optional[str] = ..., bounds: _Optional[_Union[SchemaBounds, _Mapping]] = ..., base_model: _Optional[str] = ..., chat_template_sha256: _Optional[str] = ..., open_labels: bool = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_text_chars", "max_batch_texts", "max_batch_bytes", "max_message_bytes", "max_evaluate_examples")
@@ -104,7 +106,7 @@ class Limits(_message.Message):
     def __init__(self, max_text_chars: _Optional[int] = ..., max_batch_texts: _Optional[int] = ..., max_batch_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_evaluate_examples: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_name", "revision", "engine", "structured_output_backend", "task_card", "limits", "server_version")
+    __slots__ = ("model_name", "revision", "engine", "structured_output_backend", "task_card", "limits", "server_version", "dtype", "dtype_reason")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +114,8 @@ class ModelInfo(_message.Message):
     TASK_CARD_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_REASON_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     revision: str
     engine: str
@@ -119,7 +123,9 @@ class ModelInfo(_message.Message):
     task_card: TaskCard
     limits: Limits
     server_version: str
-    def __init__(self, model_name: _Optional[str] = ..., revision: _Optional[str] = ..., engine: _Optional[str] = ..., structured_output_backend: _Optional[str] = ..., task_card: _Optional[_Union[TaskCard, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., server_version: _Optional[str] = ...) -> None: ...
+    dtype: str
+    dtype_reason: str
+    def __init__(self, model_name: _Optional[str] = ..., revision: _Optional[str] = ..., engine: _Optional[str] = ..., structured_output_backend: _Optional[str] = ..., task_card: _Optional[_Union[TaskCard, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., server_version: _Optional[str] = ..., dtype: _Optional[str] = ..., dtype_reason: _Optional[str] = ...) -> None: ...
 
 class LabelScore(_message.Message):
     __slots__ = ("label", "precision", "recall", "f1", "support", "tp", "fp", "fn")
