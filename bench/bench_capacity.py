@@ -230,10 +230,12 @@ def report(data: dict) -> Path:
               "| sustainable req/s | " + " | ".join(f"{v:g}" for v in a["by_slo"].values()) + " |", ""]
     if low is not None:
         lines += [f"Even at the lowest rate ({low['offered_rps']:g} req/s) p95 is {low['p95']:.1f} s against a median"
-                  f" of {low['p50']:.1f} s: on two CPU cores a sentence with many entities takes that long on an idle"
-                  " server, and the answers still being written when the arrivals stop lengthen every step's drain."
-                  " The CPU figures bound what a CPU replica can promise; the GPU projection below is what production"
-                  " sizing uses.", ""]
+                  f" of {low['p50']:.1f} s: on two CPU cores a sentence with many entities takes that long on a"
+                  f" nearly idle server. A drain as long as that rate's p99 ({low['p99']:.0f} s) after"
+                  f" {data['step_seconds']:.0f} s of arrivals alone holds the completed rate to"
+                  f" {data['step_seconds'] / (data['step_seconds'] + low['p99']):.0%} of the arrivals, so longer steps"
+                  " (`--step-seconds`) judge a rate more finely. The CPU figures bound what a CPU replica can"
+                  " promise; the GPU projection below is what production sizing uses.", ""]
     if not data.get("fresh_texts"):
         lines += ["These steps were measured before each request got a sentence of its own: every step started again"
                   " from the first sentences, so part of its prompts came from the prefix cache the earlier steps had"
