@@ -331,15 +331,22 @@ def export_cmd(
     out: Annotated[Path, typer.Argument(help="Folder for the servable checkpoint (replaced when it exists).")],
     dtype: Annotated[str, typer.Option(help="Saved dtype: auto (the base model's), bfloat16, float16, float32.")] = "auto",
     atol: Annotated[float, typer.Option(help="Absolute tolerance of the merged-vs-adapter logits check.")] = 1e-4,
+    adapter: Annotated[bool, typer.Option(
+        "--adapter", help="Write the LoRA adapter with its own task card instead of a merged model "
+                          "(bfloat16 unless --dtype says otherwise).")] = False,
 ) -> None:
     """Merge LoRA into the base, verify merged logits equal the adapter's, and save safetensors + tokenizer + card."""
-    from tuning.export import ExportError, export_checkpoint
+    from tuning.export import ExportError, export_adapter, export_checkpoint
 
     if not source.exists():
         fail(f"{source}: no such run, checkpoint or adapter folder")
     try:
+        if adapter:
+            path = export_adapter(source, out, dtype="bfloat16" if dtype == "auto" else dtype)
+            err.print(f"exported adapter {source} -> {path}")
+            return
         path = export_checkpoint(source, out, dtype=dtype, atol=atol, rtol=atol)
-    except (ExportError, FileNotFoundError, ValueError) as exc:
+    except (ExportError, FileNotFoundError, ValueError, KeyError) as exc:
         fail(str(exc))
     err.print(f"exported {source} -> {path}  (serve it: nerve serve --model {path})")
 

@@ -327,7 +327,8 @@ def _pull_adapter(spec: ModelSpec, target: Path, log: Callable[[str], None]) -> 
         staged_adapter = Path(tmp) / "adapter"
         staged_adapter.mkdir()
         for file, _ in spec.adapter_files:
-            shutil.copyfile(folder / file, staged_adapter / file)
+            if file != "nerve_run.json":  # the run record documents the adapter; the merge does not read it
+                shutil.copyfile(folder / file, staged_adapter / file)
         config_path = staged_adapter / "adapter_config.json"
         config = json.loads(config_path.read_text(encoding="utf-8"))
         config["base_model_name_or_path"] = str(base_dir)

@@ -225,6 +225,55 @@ def export_checkpoint(run_dir_or_adapter: str | Path, out_dir: str | Path, card:
     return out
 
 
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def export_adapter(run_dir_or_adapter: str | Path, out_dir: str | Path, card: TaskCard | None = None, *,
+                   dtype: str = "bfloat16", metrics: dict[str, Any] | None = None) -> Path:
+    """Export a LoRA run / checkpoint / adapter as an adapter folder with its own task card (no merge).
+
+    The folder holds ``adapter_config.json``, ``adapter_model.safetensors`` (in ``dtype``, default bfloat16:
+    half the bytes; PEFT computes adapters in float32 either way), ``nerve_task.json`` (with the chat-template
+    hash of the training tokenizer) and the run record when there is one. Base-model paths of the machine
+    that trained it are dropped from the config: whoever loads the adapter names the base. The saved tensors
+    are read back and compared with the cast originals.
+    """
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+
+    source, run = resolve_source(run_dir_or_adapter)
+    if not (source / "adapter_config.json").is_file():
+        raise ExportError(f"{source}: not a LoRA adapter (no adapter_config.json); export it merged instead")
+    card = card or _find_card(source, run)
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        target = _DTYPES[dtype]
+        weights = {k: v.to(target).contiguous() for k, v in load_file(str(source / "adapter_model.safetensors")).items()}
+        save_file(weights, str(staging / "adapter_model.safetensors"), metadata={"format": "pt"})
+        _check_same_weights(weights, load_file(str(staging / "adapter_model.safetensors")))
+        config = json.loads((source / "adapter_config.json").read_text(encoding="utf-8"))
+        config["base_model_name_or_path"] = run.get("base_model") or card.base_model
+        (staging / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        base_dir = run.get("base_model_path")
+        tok_dir = source if (source / "tokenizer_config.json").is_file() else base_dir
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+        _final_card(card, tokenizer, run, "causal-lm", {"adapter_dtype": dtype, **(metrics or {})}).save(staging)
+        if run:
+            record = {k: v for k, v in run.items() if k not in ("base_model_path",)}
+            (staging / RUN_FILENAME).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n",
+                                                encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("exported adapter %s -> %s (%s)", source, out, dtype)
+    return out
+
+
 def _status(progress: bool, msg: str):
     import contextlib
 

@@ -87,3 +87,39 @@ def test_committed_adapters_match_the_registry() -> None:
         assert {f for f, _ in spec.adapter_files} >= {"adapter_config.json", "adapter_model.safetensors",
                                                        "nerve_task.json"}
         models.verify_adapter(spec)
+
+
+def test_exported_adapter_is_what_the_registry_commits(tiny_causal_dir, synth_files, tmp_path, monkeypatch) -> None:
+    """`nerve export --adapter` writes bf16 adapter weights, the card and the run record; a registry entry made
+    of exactly those files pulls and merges."""
+    from safetensors.torch import load_file
+
+    from ner.card import TaskCard
+    from tests.tuning.conftest import EXAMPLES, tiny_overrides
+    from tuning.export import export_adapter
+    from tuning.run import tune
+
+    run = tune(EXAMPLES / "tiny_test.yaml", tiny_overrides(tiny_causal_dir, synth_files, tmp_path / "run",
+                                                           "--train.max_steps", "2", "--train.eval_steps", "0",
+                                                           "--train.save_steps", "2"))
+    folder = export_adapter(run, tmp_path / "repo-models" / "tiny-tuned")
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["adapter_config.json", "adapter_model.safetensors", "nerve_run.json", "nerve_task.json"]
+    assert {t.dtype for t in load_file(str(folder / "adapter_model.safetensors")).values()} == {torch.bfloat16}
+    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_causal_dir)
+    assert "base_model_path" not in json.loads((folder / "nerve_run.json").read_text())
+    card = TaskCard.load(folder)
+    assert card.template == "nerve-ner-v2" and card.chat_template_sha256
+
+    monkeypatch.setenv("NERVE_HOME", str(tmp_path / "home"))
+    base = ModelSpec(name="tiny-base", description="", kind="causal-lm", wheels=(), members=(), license="MIT")
+    monkeypatch.setitem(models.REGISTRY, base.name, base)
+    shutil.copytree(tiny_causal_dir, models.model_path(base.name))
+    (models.model_path(base.name) / models.STAMP).write_text("{}")
+    monkeypatch.setattr(models, "ADAPTERS_DIR", tmp_path / "repo-models")
+    spec = ModelSpec(name="tiny-tuned", description="", kind="causal-lm", wheels=(), members=(), license="MIT",
+                     base="tiny-base", adapter="tiny-tuned",
+                     adapter_files=tuple((n, models.sha256_file(folder / n)) for n in names))
+    monkeypatch.setitem(models.REGISTRY, spec.name, spec)
+    merged = models.pull_model(spec.name, log=lambda m: None)
+    assert TaskCard.load(merged).template == "nerve-ner-v2"
