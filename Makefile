@@ -36,7 +36,7 @@ models: venv
 	$(BIN)/nerve models pull minilm-l6
 
 serve: venv
-	$(BIN)/nerve models pull qwen2.5-coder-0.5b-instruct
+	$(BIN)/nerve models pull default
 	$(BIN)/nerve serve
 
 demo: venv

