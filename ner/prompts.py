@@ -16,8 +16,7 @@ Two templates, pinned by the task card:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 

@@ -70,10 +70,10 @@ def output_spec(labels: LabelSet, bounds: SchemaBounds, text: str | None = None,
     The bounds follow the input: no entity longer than the text (bucketed), no more entities than the text can
     hold (:func:`items_for_text`), so the worst-case answer grows with the input instead of being the card's
     worst case for every text. ``max_entities`` may lower (never raise) the card's bound for one request.
-    ``items_in_schema=False`` leaves the bounds out of the schema (``maxItems`` and the length of entity texts; the token budget still
-    assumes them): regex-based backends (outlines) unroll bounded repetitions into a state machine too large
-    to compile in vLLM's time limit, so with them a model that never closes a string or the list can run out
-    of tokens; xgrammar and guidance keep the bounds.
+    ``items_in_schema=False`` leaves the bounds out of the schema (``maxItems`` and the length of entity texts;
+    the token budget still assumes them): regex-based backends (outlines) unroll bounded repetitions into a
+    state machine too large to compile in vLLM's time limit, so with them a model that never closes a string
+    or the list can run out of tokens; xgrammar and guidance keep the bounds.
     """
     chars = bounds.max_entity_chars
     items = bounds.max_entities if max_entities is None else min(max_entities, bounds.max_entities)
