@@ -56,6 +56,10 @@ def test_serve_real_model_then_drain_on_sigterm(smollm_dir: Path, tmp_path: Path
         stub = service_pb2_grpc.NerveServiceStub(channel)
         info = stub.GetModelInfo(spb.GetModelInfoRequest(), timeout=10).model_info
         assert [lab.name for lab in info.task_card.labels] == ["PER", "LOC", "ORG", "MISC"]
+        from nerve.hardware import choose_dtype
+
+        auto = choose_dtype("auto")  # the server resolved `dtype: auto` for this machine, and says why
+        assert (info.dtype, info.dtype_reason) == (auto.dtype, auto.reason)
 
         text = "Peter Blackburn met officials of the European Commission in Brussels on Friday ."
         resp = stub.Extract(spb.ExtractRequest(text=text, return_raw=True), timeout=120)
@@ -75,6 +79,7 @@ def test_serve_real_model_then_drain_on_sigterm(smollm_dir: Path, tmp_path: Path
         scrape = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
         assert 'nerve_requests_total{code="OK",method="Extract"} 1.0' in scrape
         assert "nerve_ready 1.0" in scrape
+        assert f'dtype="{auto.dtype}"' in scrape  # nerve_model_info carries the dtype
 
         # Drain: calls in flight when SIGTERM arrives all complete; the process exits 0.
         futures = [stub.Extract.future(spb.ExtractRequest(text=f"{text} {i}"), timeout=120) for i in range(8)]
