@@ -56,7 +56,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve(clone: Path, env: dict, log: Path, timeout: float) -> dict:
+def serve_until_ready(clone: Path, env: dict, log: Path, timeout: float) -> dict:
+    """Run ``make serve`` in ``clone`` until gRPC health says SERVING, then SIGTERM it; times and exit code."""
     port, mport = _free_port(), _free_port()
     env = {**env, "NERVE_PORT": str(port), "NERVE_METRICS_PORT": str(mport)}
     t0 = time.perf_counter()
@@ -105,7 +106,7 @@ def main() -> None:
     result["venv_exit_code"] = code
     print(f"make venv: exit {code} in {result['venv_seconds']:.0f} s", flush=True)
     if code == 0:
-        result["serve"] = _serve(clone, env, work / "serve.log", 3600)
+        result["serve"] = serve_until_ready(clone, env, work / "serve.log", 3600)
         print(f"make serve: {result['serve']}", flush=True)
         if args.ci:
             ci_env = {k: v for k, v in env.items() if k != "NERVE_HOME"}
