@@ -32,6 +32,7 @@ venv: $(STAMP)
 
 models: venv
 	$(BIN)/nerve models pull qwen2.5-coder-0.5b-instruct
+	$(BIN)/nerve models pull default
 	$(BIN)/nerve models pull smollm2-135m-instruct
 	$(BIN)/nerve models pull minilm-l6
 

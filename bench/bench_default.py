@@ -51,7 +51,7 @@ def _score(model_dir: Path, passes: list[tuple[str, object, list, list[str] | No
     from service.pipeline import Extractor, Limits, evaluate
 
     async def main() -> dict:
-        engine = await VllmEngine.start(EngineConfig(model=str(model_dir), max_model_len=4096))
+        engine = await VllmEngine.start(EngineConfig(model=str(model_dir)))
         out = {"dtype": engine.dtype.dtype, "engine": engine.version}
         try:
             for name, card, examples, labels in passes:
@@ -61,8 +61,8 @@ def _score(model_dir: Path, passes: list[tuple[str, object, list, list[str] | No
                 t0 = time.perf_counter()
                 res = await evaluate(extractor, examples, labels=labels)
                 wall = time.perf_counter() - t0
-                tokens = [r.usage.completion_tokens for r in res.results]
-                prompt = [r.usage.prompt_tokens for r in res.results]
+                tokens = [r.usage.completion_tokens for r in res.predictions]
+                prompt = [r.usage.prompt_tokens for r in res.predictions]
                 rep = res.report
                 out[name] = {
                     "examples": len(examples), "micro_f1": rep.micro.f1, "macro_f1": rep.macro.f1,

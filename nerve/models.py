@@ -144,6 +144,16 @@ def resolve_model(name_or_path: str, *, pull: bool = True, log: Callable[[str], 
     return model_path(spec.name)
 
 
+def readable(folder: Path) -> None:
+    """Make a finished model folder readable by every user (staging folders start private, 0700).
+
+    A model pulled or exported by one user (an init container, CI) is often served by another.
+    """
+    folder.chmod(0o755)
+    for p in folder.rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -289,6 +299,7 @@ def _install(staged: Path, target: Path, spec: ModelSpec, log: Callable[[str], N
     """Stamp a finished staging folder and move it into place (replacing an older pull)."""
     stamp = {"name": spec.name, "kind": spec.kind, "license": spec.license, **provenance}
     (staged / STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
+    readable(staged)
     if target.exists():
         shutil.rmtree(target)
     staged.rename(target)

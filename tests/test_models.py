@@ -148,3 +148,14 @@ def test_pull_into_an_empty_home_end_to_end(tmp_path: Path) -> None:
     again = subprocess.run([sys.executable, "-m", "nerve.cli", "models", "pull", "smollm2-135m-instruct"], env=env,
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0  # idempotent: the pulled model is reused
+
+
+def test_finished_model_folders_are_readable_by_every_user(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "w.safetensors").write_bytes(b"x")
+    folder.chmod(0o700)
+    (folder / "sub" / "w.safetensors").chmod(0o600)
+    models.readable(folder)
+    assert folder.stat().st_mode & 0o777 == 0o755
+    assert (folder / "sub" / "w.safetensors").stat().st_mode & 0o777 == 0o644

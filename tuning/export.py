@@ -36,6 +36,7 @@ import torch
 from ner.card import CARD_FILENAME, TaskCard, chat_template_sha256
 from ner.prompts import render_prompt, render_training_pair
 from ner.types import Entity
+from nerve.models import readable
 
 from .data import end_of_turn, generation_eos_ids
 
@@ -154,9 +155,18 @@ def _adapter_touches_embeddings(peft_model) -> bool:
 
 
 def _check_close(ref: torch.Tensor, got: torch.Tensor, what: str, atol: float, rtol: float) -> float:
+    """Raise unless ``got`` equals ``ref`` up to float32 rounding: ``max|diff| <= atol + rtol * max|ref|``.
+
+    The tolerance is relative to the tensor's scale, not to each element: merging ``W + BA`` reorders float32
+    sums, and the rounding that moves through 24 layers lands on small and large activations alike (about
+    1e-5 of the largest on Qwen2.5-0.5B), while a merge that drops, doubles or misplaces an adapter changes
+    the outputs by a sizeable fraction of their scale.
+    """
     diff = (ref - got).abs().max().item()
-    if not torch.allclose(ref, got, atol=atol, rtol=rtol):
-        raise ExportError(f"{what}: logits differ (max |diff| {diff:.3g}, atol {atol}, rtol {rtol})")
+    scale = ref.abs().max().item()
+    if diff > atol + rtol * scale:
+        raise ExportError(f"{what}: logits differ (max |diff| {diff:.3g} against a scale of {scale:.3g}; "
+                          f"allowed {atol} + {rtol} x scale)")
     return diff
 
 
@@ -225,6 +235,7 @@ def _staged(out: Path):
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         yield staging
+        readable(staging)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
@@ -265,6 +276,12 @@ def export_adapter(run_dir_or_adapter: str | Path, out_dir: str | Path, card: Ta
         _final_card(card, tokenizer, run, "causal-lm", {"adapter_dtype": dtype, **(metrics or {})}).save(staging)
         if run:
             record = {k: v for k, v in run.items() if k not in ("base_model_path",)}
+            state = source / "trainer_state.json"
+            if state.is_file():  # a checkpoint of a run still training (or stopped): say which one
+                st = json.loads(state.read_text(encoding="utf-8"))
+                record["checkpoint"] = {"name": source.name, "global_step": st.get("global_step"),
+                                        "epoch": st.get("epoch"), "max_steps": st.get("max_steps"),
+                                        "log_history": st.get("log_history", [])}
             (staging / RUN_FILENAME).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n",
                                                 encoding="utf-8")
     logger.info("exported adapter %s -> %s (%s)", source, out, dtype)
