@@ -20,9 +20,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from ner.labels import CONLL2003_WORDS as CONLL_WORDS  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results" / "default-model.json"
 REPORT = ROOT / "bench" / "reports" / "default-model.md"
-CONLL_WORDS = {"PER": "person", "LOC": "location", "ORG": "organization", "MISC": "miscellaneous"}
 
 
 def _sets(n: int):

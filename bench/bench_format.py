@@ -19,9 +19,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from ner.labels import CONLL2003_WORDS as CONLL_WORDS  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results" / "format-tokens.json"
 REPORT = ROOT / "bench" / "reports" / "format.md"
-CONLL_WORDS = {"PER": "person", "LOC": "location", "ORG": "organization", "MISC": "miscellaneous"}
 
 
 def measure() -> dict:

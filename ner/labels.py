@@ -96,3 +96,6 @@ CONLL2003 = LabelSet(
 )
 
 PRESETS: dict[str, LabelSet] = {"cluener": CLUENER, "conll2003": CONLL2003}
+
+CONLL2003_WORDS = {"PER": "person", "LOC": "location", "ORG": "organization", "MISC": "miscellaneous"}
+"""CoNLL-2003's tags as plain words: how nerve's tuned default names them (it was tuned with these names)."""

@@ -267,6 +267,7 @@ def demo(
 ) -> None:
     """Extract entities from a few sample sentences (Chinese with CLUENER labels, English with CoNLL labels)."""
     from ner.card import TaskCard
+    from ner.labels import CONLL2003_WORDS
     from service.pipeline import Extractor, run_sync
 
     samples = {
@@ -280,8 +281,13 @@ def demo(
     async def body(engine):
         out = []
         for preset, texts in samples.items():
-            card = TaskCard.preset(preset, chat_template_sha256=own.chat_template_sha256)
-            out += list(zip(texts, await Extractor(engine, card).extract_many(texts), strict=True))
+            if own.open_labels:  # a model tuned on label lists is asked for the labels, CoNLL's in words
+                names = TaskCard.preset(preset).labels.names
+                extractor, labels = Extractor(engine, own), [CONLL2003_WORDS.get(n, n) for n in names]
+            else:
+                card = TaskCard.preset(preset, chat_template_sha256=own.chat_template_sha256)
+                extractor, labels = Extractor(engine, card), None
+            out += list(zip(texts, await extractor.extract_many(texts, labels=labels), strict=True))
         return out
 
     table = Table("text", "entities", show_lines=True)
