@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.analysis import arrived_rps, keeps_up, sustainable_rate  # noqa: E402
+from bench.record import write_results  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 REPORTS = ROOT / "bench" / "reports"
@@ -322,7 +323,7 @@ def main() -> None:
                 "analysis": analyse(steps, args.slo, args.step_seconds),
                 "projection": project(token_profile(args.model, sets))}
     steps = data["steps"]
-    (RESULTS / "capacity.json").write_text(json.dumps(data, indent=2) + "\n")
+    write_results(RESULTS / "capacity.json", data)
     REPORTS.mkdir(parents=True, exist_ok=True)
     plot(steps, args.slo, REPORTS / "capacity.png")
     print(report(data))

@@ -21,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.record import write_results  # noqa: E402
 from ner.labels import CONLL2003_WORDS as CONLL_WORDS  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "default-model.json"
@@ -105,7 +106,7 @@ def run(tuned: str, base: str, n: int) -> dict:
             ("conll-testb", tuned_card, sets["conll-testb-words"], list(CONLL_WORDS.values())),
         ]),
     }
-    RESULTS.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_results(RESULTS, results)
     return results
 
 

@@ -26,6 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.record import write_results  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results" / "first-run.json"
 
 
@@ -115,7 +118,7 @@ def main() -> None:
             result["ci_tail"] = (work / "ci.log").read_text(errors="replace").splitlines()[-3:]
             print(f".ci/run: exit {code} in {result['ci_seconds']:.0f} s", flush=True)
     result["work"] = str(work) if args.keep else None
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_results(RESULTS, result)
     print(json.dumps(result, indent=2))
     if not args.keep:
         subprocess.run(["rm", "-rf", str(work)])

@@ -20,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.record import write_results  # noqa: E402
 from ner.labels import CONLL2003_WORDS as CONLL_WORDS  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "format-tokens.json"
@@ -61,7 +62,7 @@ def measure() -> dict:
                         "answer_max": max(answer)}
         row["v2_over_v1"] = row["v2"]["total_mean"] / row["v1"]["total_mean"]
         out[name] = row
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    write_results(RESULTS, out)
     return out
 
 

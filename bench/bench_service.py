@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -24,6 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.record import write_results  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
 REPORTS = ROOT / "bench" / "reports"
 
@@ -188,7 +190,7 @@ def main() -> None:
     REPORTS.mkdir(parents=True, exist_ok=True)
     data = {"model": model_dir.name, "direct": asyncio.run(direct_phase(model_dir, pool, levels))}
     data["grpc"], data["singles_vs_batch"] = asyncio.run(grpc_phase(model_dir, pool, levels))
-    (RESULTS / "service.json").write_text(json.dumps(data, indent=2) + "\n")
+    write_results(RESULTS / "service.json", data)
     plot(data, REPORTS / "service.png")
     print(report(data))
 

@@ -35,6 +35,8 @@ RESULTS = ROOT / "bench" / "results"
 REPORTS = ROOT / "bench" / "reports"
 sys.path.insert(0, str(ROOT))
 
+from bench.record import write_results  # noqa: E402
+
 
 def datasets() -> Path:
     from nerve.paths import datasets_dir
@@ -55,7 +57,7 @@ def cluener_dev(n: int | None = None):
 def save(stage: str, data: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     data["machine"] = {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()}
-    (RESULTS / f"{stage}.json").write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+    write_results(RESULTS / f"{stage}.json", data)
     print(f"[{stage}] saved", json.dumps({k: v for k, v in data.items() if not isinstance(v, dict | list)}))
 
 

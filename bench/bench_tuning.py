@@ -26,6 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.record import write_results  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
 REPORTS = ROOT / "bench" / "reports"
 RUNS = ROOT / "runs"
@@ -110,7 +113,7 @@ def summary(run: dict, wall: float, res, eval_wall: float, data: str, eval_data:
 
 def save(name: str, data: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"tuning-{name}.json").write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+    write_results(RESULTS / f"tuning-{name}.json", data)
 
 
 def stage_minilm(args) -> None:
