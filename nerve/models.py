@@ -22,8 +22,9 @@ from pathlib import Path
 from .paths import models_dir
 
 STAMP = ".nerve-model.json"
-ADAPTERS_DIR = Path(__file__).resolve().parents[1] / "models"
-"""Adapters committed with nerve (``models/<name>/``): merged into their base by ``nerve models pull``."""
+ADAPTERS_DIR = Path(__file__).resolve().parent / "adapters"
+"""Adapters shipped with nerve (``nerve/adapters/<name>/``, package data): merged into their base by
+``nerve models pull``."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class ModelSpec:
     base: str | None = None
     """For a tuned model: the registry name of its base; ``wheels`` is then empty and ``adapter`` is set."""
     adapter: str | None = None
-    """Folder under the repository's ``models/`` holding the committed LoRA adapter and its task card."""
+    """Folder under :data:`ADAPTERS_DIR` holding the committed LoRA adapter and its task card."""
     adapter_files: tuple[tuple[str, str], ...] = field(default=())
     """(file name, sha256) of every file of the adapter folder: a changed file fails the pull."""
 
@@ -84,7 +85,25 @@ REGISTRY: dict[str, ModelSpec] = {
             gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             license="Apache-2.0",
             default_task="cluener",
-            aliases=("qwen-0.5b", "default"),
+            aliases=("qwen-0.5b",),
+        ),
+        ModelSpec(
+            name="qwen2.5-coder-0.5b-nerve",
+            description="nerve's tuned default: Qwen2.5-Coder-0.5B-Instruct + LoRA on CLUENER and CoNLL-2003 "
+                        "(v2 format, open labels); Chinese and English",
+            kind="causal-lm",
+            wheels=(),
+            members=(),
+            license="Apache-2.0",
+            base="qwen2.5-coder-0.5b-instruct",
+            adapter="qwen2.5-coder-0.5b-nerve",
+            adapter_files=(
+                ("adapter_config.json", "ff0769821d0fb4e244aa52fbf6eb4a092ba6c9e632e71a77a4373fafbf327331"),
+                ("adapter_model.safetensors", "aa7eb330c831f4ad6eca12b35daf4d9cb9874e9eceaa9e6708a54e6788bb952e"),
+                ("nerve_run.json", "c828ff1808fd76192883792f83ea8d536489f1ae7a8f87f59c2ff35643e521e0"),
+                ("nerve_task.json", "65c9d496dced0e33a7e7aee2106b34d683d136f72fb75caa40336f62f37fa773"),
+            ),
+            aliases=("default", "nerve"),
         ),
         ModelSpec(
             name="smollm2-135m-instruct",
@@ -107,7 +126,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ),
     )
 }
-DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
+DEFAULT_MODEL = "qwen2.5-coder-0.5b-nerve"
 
 
 class ModelError(RuntimeError):

@@ -159,3 +159,33 @@ def test_finished_model_folders_are_readable_by_every_user(tmp_path: Path) -> No
     models.readable(folder)
     assert folder.stat().st_mode & 0o777 == 0o755
     assert (folder / "sub" / "w.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.real_model
+def test_pulled_tuned_default_reproduces_its_committed_adapter() -> None:
+    """The default model as `make models` pulled it: the merge of the committed adapter into the pulled base."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ner.card import TaskCard
+    from ner.prompts import render_prompt
+    from tests.conftest import pulled_model
+
+    spec = get_spec("default")
+    if spec.adapter is None:
+        pytest.skip("the default model is not a tuned adapter")
+    merged_dir, base_dir = pulled_model(spec.name), pulled_model(spec.base)
+    card = TaskCard.load(merged_dir)
+    assert card.template == "nerve-ner-v2" and card.open_labels
+    assert json.loads((merged_dir / models.STAMP).read_text())["adapter_files"] == dict(spec.adapter_files)
+    tok = AutoTokenizer.from_pretrained(merged_dir)
+    ids = tok(render_prompt(tok, card, "EU rejects German call to boycott British lamb ."),
+              return_tensors="pt", add_special_tokens=False).input_ids
+    with torch.no_grad():
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        adapter = PeftModel.from_pretrained(base, models.verify_adapter(spec)).eval()(ids).logits[0, -1]
+        del base
+        merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()(ids).logits[0, -1]
+    assert merged.argmax() == adapter.argmax()  # the same first answer token
+    assert (merged - adapter).abs().max() <= 0.05 * adapter.abs().max()  # bf16 rounding of the merged weights
