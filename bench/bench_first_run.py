@@ -74,7 +74,13 @@ def serve_until_ready(clone: Path, env: dict, log: Path, timeout: float) -> dict
                 break
             time.sleep(2)
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+            # SIGTERM to the server only (make's child), as an orchestrator signals the serving process; make
+            # then exits with the server's code. Without a child (make already gone) the whole group.
+            children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+            for pid in children:
+                os.kill(int(pid), signal.SIGTERM)
+            if not children:
+                os.killpg(proc.pid, signal.SIGTERM)
         try:
             code = proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
