@@ -71,14 +71,17 @@ class ModelArgs:
     )
 
 
+DATA_FORMATS = ("auto", "cluener", "conll", "bmes", "jsonl", "prodigy")
+"""Dataset formats a tuning config may name (``auto`` detects; see :func:`ner.readers.read_dataset`)."""
+
+
 @dataclass
 class DataSource:
     """One dataset of a training mixture (``data.sources``), with its own label vocabulary."""
 
     train_file: str = _f("", "Training data of this source (any format `data.format` names).")
     dev_file: str | None = _f(None, "Dev data of this source (its dev loss is computed with its own label list).")
-    format: str = _f("auto", "Dataset format of this source's files.",
-                     choices=("auto", "cluener", "conll", "bmes", "jsonl", "prodigy"))
+    format: str = _f("auto", "Dataset format of this source's files.", choices=DATA_FORMATS)
     rename: list[str] = _f([], "Label renames OLD=new (e.g. PER=person): how this source's labels are named in "
                                "prompts and answers.")
     max_train_examples: int | None = _f(None, "Use only this many training examples of this source (random subset).")
@@ -91,8 +94,7 @@ class DataArgs:
 
     train_file: str = _f("", "Training data (CLUENER JSON, CoNLL columns, character BMES or nerve JSONL).")
     dev_file: str | None = _f(None, "Dev data for evaluation; if empty, `dev_ratio` of the training data is held out.")
-    format: str = _f("auto", "Dataset format: auto, cluener, conll, bmes, jsonl or prodigy.",
-                     choices=("auto", "cluener", "conll", "bmes", "jsonl", "prodigy"))
+    format: str = _f("auto", "Dataset format: auto, cluener, conll, bmes, jsonl or prodigy.", choices=DATA_FORMATS)
     conll_scheme: str = _f("auto", "Tagging scheme of CoNLL files: auto, iob1, iob2 or bioes.")
     task: str | None = _f(
         None,

@@ -73,7 +73,10 @@ def test_example_configs_load(path) -> None:
         assert data["distributed_type"] == "MULTI_GPU" and data["num_processes"] >= 1
         return
     cfg = load_config(path)
-    assert cfg.data.train_file and cfg.data.task in ("conll2003", "cluener")
+    if cfg.data.sources:  # a mixture: each source names its files
+        assert all(s.train_file for s in cfg.data.sources) and cfg.data.label_sampling
+    else:
+        assert cfg.data.train_file and cfg.data.task in ("conll2003", "cluener")
     assert cfg.method.name in ("lora", "token-cls")
 
 
