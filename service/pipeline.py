@@ -119,7 +119,7 @@ class ExtractorBase:
             unknown = [n for n in names if n not in self.card.labels]
             if unknown:
                 shown = ", ".join(repr(_clip(n, 64)) for n in unknown[:3]) + (" ..." if len(unknown) > 3 else "")
-                raise InputError(f"{len(unknown)} unknown label(s) {shown}; the task card's labels are "
+                raise InputError(f"unknown labels {shown} ({len(unknown)}); the task card's labels are "
                                  f"{', '.join(self.card.labels.names)}")
             return self.card.labels.subset(names)
         if len(names) > MAX_REQUEST_LABELS:
