@@ -294,7 +294,7 @@ def loadtest_section(summary_path: Path) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="default", help="Registry model or checkpoint (default: the tuned default that make serve serves).")
+    ap.add_argument("--model", default="default", help="Registry model or checkpoint (default: what make serve serves).")
     ap.add_argument("--rates", default="0.5,1,2,3,4,6", help="offered requests/s, one step each, in this order")
     ap.add_argument("--step-seconds", type=float, default=40.0, help="arrivals per rate, seconds (the drain comes on top)")
     ap.add_argument("--slo", type=float, default=20.0, help="p95 latency objective, seconds")
