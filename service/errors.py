@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import json
@@ -15,7 +16,7 @@ import grpc
 
 from ner.readers import DatasetFormatError
 
-from .engine import EngineError
+from .engine import EngineDead, EngineError
 from .pipeline import InputError
 
 log = logging.getLogger("nerve.service")
@@ -32,6 +33,12 @@ class Overloaded(ServiceError):
 
 
 class NotReady(ServiceError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class CutOff(ServiceError):
+    """The drain's grace period ended before the call finished."""
+
     code = grpc.StatusCode.UNAVAILABLE
 
 
@@ -57,6 +64,8 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return exc.code, str(exc)
     if isinstance(exc, InputError | DatasetFormatError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, EngineDead):
+        return grpc.StatusCode.UNAVAILABLE, "the engine failed; retry on another replica"
     if isinstance(exc, EngineError):
         return grpc.StatusCode.INTERNAL, f"the engine failed (request id {REQUEST_ID.get()})"
     return grpc.StatusCode.INTERNAL, f"internal error (request id {REQUEST_ID.get()})"
@@ -115,16 +124,18 @@ def unary(method: str) -> Callable:
         @functools.wraps(fn)
         async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
             rec = RpcRecorder(method, context, self.metrics)
+            calls = _track(self)
             try:
                 return await fn(self, request, context, rec)
             except grpc.aio.AbortError:
                 raise
             except BaseException as exc:  # noqa: BLE001 - mapped to a status; CancelledError re-raised
                 if _is_cancel(exc):
-                    rec.cancelled()
+                    await _cancelled(self, rec, exc)
                     raise
                 await rec.fail(exc)
             finally:
+                calls.discard(asyncio.current_task())
                 rec.close()
 
         return wrapper
@@ -139,6 +150,7 @@ def streaming(method: str) -> Callable:
         @functools.wraps(fn)
         async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             rec = RpcRecorder(method, context, self.metrics)
+            calls = _track(self)
             try:
                 async for item in fn(self, request, context, rec):
                     yield item
@@ -146,10 +158,11 @@ def streaming(method: str) -> Callable:
                 raise
             except BaseException as exc:  # noqa: BLE001
                 if _is_cancel(exc):
-                    rec.cancelled()
+                    await _cancelled(self, rec, exc)
                     raise
                 await rec.fail(exc)
             finally:
+                calls.discard(asyncio.current_task())
                 rec.close()
 
         return wrapper
@@ -158,6 +171,25 @@ def streaming(method: str) -> Callable:
 
 
 def _is_cancel(exc: BaseException) -> bool:
-    import asyncio
-
     return isinstance(exc, asyncio.CancelledError | GeneratorExit)
+
+
+def _track(servicer: Any) -> set:
+    """Register the running call with the server state (the drain waits for these tasks)."""
+    state = getattr(servicer, "state", None)
+    calls = state.calls if state is not None else set()
+    calls.add(asyncio.current_task())
+    return calls
+
+
+async def _cancelled(servicer: Any, rec: RpcRecorder, exc: BaseException) -> None:
+    """A cancelled call: cancelled by its client, by its deadline, or by the end of the drain's grace period.
+
+    In the last case the client gets UNAVAILABLE with a message saying so (this raises AbortError) and the
+    call is counted in ``nerve_drain_cancelled_total``.
+    """
+    state = getattr(servicer, "state", None)
+    if state is not None and state.cut_off and isinstance(exc, asyncio.CancelledError):
+        servicer.metrics.drain_cancelled.inc()
+        await rec.fail(CutOff("the server shut down before the call finished (drain grace period over); retry"))
+    rec.cancelled()

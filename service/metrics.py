@@ -47,6 +47,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS, registry=r)
         self.model_info = Gauge("nerve_model_info", "The served model (value 1).",
                                 ["model", "engine", "backend", "task", "dtype"], registry=r)
+        self.engine_failures = Counter("nerve_engine_failures_total",
+                                       "Times the engine was given up, by kind: dead (its process died) or stalled.",
+                                       ["kind"], registry=r)
+        self.drain_cancelled = Counter("nerve_drain_cancelled_total",
+                                       "Calls still running when the drain's grace period ended (ended UNAVAILABLE).",
+                                       registry=r)
         self.ready = Gauge("nerve_ready", "1 when the model is loaded and warmed up and the server is not draining.",
                            registry=r)
 

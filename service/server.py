@@ -2,8 +2,15 @@
 
 Start-up order: the port opens first with health NOT_SERVING (so probes and clients get a clear answer),
 then the model loads and warms up, then health turns SERVING. On SIGTERM or SIGINT health turns
-NOT_SERVING, new calls get UNAVAILABLE, in-flight calls get ``drain_seconds`` to finish, the engine shuts
-down and the process exits 0.
+NOT_SERVING, new calls get UNAVAILABLE, in-flight calls get ``drain_seconds`` to finish (calls still running
+then end with UNAVAILABLE and are counted in ``nerve_drain_cancelled_total``), the engine shuts down and the
+process exits 0. A second SIGTERM or SIGINT during the drain exits at once (status 128 + signal number).
+
+A failed engine is not restarted in process: a watchdog checks it every :data:`WATCHDOG_SECONDS`, and when
+vLLM's engine core has died (OOM kill, crash) or requests have been pending with no output for
+``engine_stall_seconds``, health turns NOT_SERVING, calls get UNAVAILABLE (clients retry on another replica),
+the server stops at once and the process exits with :data:`EXIT_ENGINE_FAILED`, so that the orchestrator
+restarts it with a fresh engine.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -31,6 +39,10 @@ from .servicer import NerveServicer, ServerState
 log = logging.getLogger("nerve.server")
 
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["NerveService"].full_name
+WATCHDOG_SECONDS = 0.5
+"""How often the engine's liveness and progress are checked."""
+EXIT_ENGINE_FAILED = 3
+"""Exit status of a server whose engine died or hung."""
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -84,6 +96,9 @@ class NerveServer:
         self._server: grpc.aio.Server | None = None
         self._stopped = asyncio.Event()
         self._load_task: asyncio.Task | None = None
+        self._watchdog: asyncio.Task | None = None
+        self.failure: str | None = None
+        """Why the engine was given up (None while it is healthy)."""
 
     async def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
@@ -153,7 +168,38 @@ class NerveServer:
         self.state.extractor = extractor
         self.metrics.ready.set(1)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self._watchdog = asyncio.ensure_future(self._watch_engine())
         log.info("serving %s (task %s, %d labels)", path, card.name, len(card.labels))
+
+    def engine_problem(self) -> tuple[str, str] | None:
+        """(kind, description) when the engine can no longer serve: ``dead`` or ``stalled``; None when healthy."""
+        engine = self.engine
+        if engine is None:
+            return None
+        if getattr(engine, "dead", False):
+            return "dead", "the engine process died"
+        stall = self.cfg.engine_stall_seconds
+        stalled = getattr(engine, "stalled", None)
+        if stall > 0 and stalled is not None and stalled(stall):
+            return "stalled", f"requests have been pending for {stall:g} s with no engine output"
+        return None
+
+    async def _watch_engine(self) -> None:
+        while not self.state.draining:
+            await asyncio.sleep(WATCHDOG_SECONDS)
+            problem = self.engine_problem()
+            if problem is not None and not self.state.draining:
+                await self.fail_engine(*problem)
+                return
+
+    async def fail_engine(self, kind: str, reason: str) -> None:
+        """Give the engine up: NOT_SERVING, UNAVAILABLE for every call, stop now (the process exits non-zero)."""
+        log.error("%s; health NOT_SERVING, stopping (exit status %d) so that the server is restarted",
+                  reason, EXIT_ENGINE_FAILED)
+        self.failure = reason
+        self.state.failure = reason
+        self.metrics.engine_failures.labels(kind).inc()
+        await self.drain(0)
 
     async def wait_ready(self) -> None:
         if self._load_task is not None:
@@ -169,10 +215,25 @@ class NerveServer:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         grace = self.cfg.drain_seconds if grace is None else grace
         log.info("draining: %d texts in flight, grace %.0f s", self.state.inflight, grace)
-        if self._server is not None:
-            await self._server.stop(grace)
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
+        # gRPC refuses new calls from here (GOAWAY: clients reconnect to another replica). Calls still running
+        # at the end of the grace period are ended here, with a status that says so, before gRPC's own stop
+        # (a little later) would cancel them with a bare CANCELLED.
+        stopping = asyncio.ensure_future(self._server.stop(grace + 2)) if self._server is not None else None
+        calls = set(self.state.calls)
+        if calls and grace > 0:
+            await asyncio.wait(calls, timeout=grace)
+        late = [task for task in self.state.calls if not task.done()]
+        if late:
+            log.warning("%d calls still running after the %.0f s grace period: ending them with UNAVAILABLE",
+                        len(late), grace)
+            self.state.cut_off = True
+            for task in late:
+                task.cancel()
+            await asyncio.wait(late, timeout=1)
+        if stopping is not None:
+            await stopping
         if self.engine is not None:
             self.engine.close()
         log.info("stopped")
@@ -190,13 +251,43 @@ async def serve(cfg: ServeConfig) -> int:
         log.info("metrics on http://%s:%s/metrics", cfg.metrics_host or cfg.host, cfg.metrics_port)
     await server.start()
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: int) -> None:
+        name = signal.Signals(sig).name
+        if server.state.draining:
+            log.warning("received %s during the drain: exiting now", name)
+            _force_exit(128 + sig)
+        log.info("received %s", name)
+        asyncio.ensure_future(server.drain())
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda s=sig: (log.info("received %s", signal.Signals(s).name),
-                                                    asyncio.ensure_future(server.drain())))
+        loop.add_signal_handler(sig, on_signal, sig)
     try:
         await server.wait_ready()
+    except asyncio.CancelledError:  # a signal arrived while the model was loading
+        if not server.state.draining:
+            raise
+        await server.wait_stopped()
+        # vLLM may still be starting in a worker thread, which cannot be interrupted: do not wait for it.
+        log.info("stopped during model load")
+        _force_exit(0)
     except Exception:
         await server.drain(0)
         return 1
     await server.wait_stopped()
-    return 0
+    return EXIT_ENGINE_FAILED if server.failure else 0
+
+
+def _force_exit(status: int) -> None:
+    """Exit now: kill this process's children (vLLM's engine processes), flush the logs, skip clean-up."""
+    try:
+        import psutil
+
+        children = psutil.Process().children(recursive=True)
+        for child in children:
+            child.kill()
+        psutil.wait_procs(children, timeout=5)
+    except Exception:  # noqa: BLE001 - best effort on the way out
+        pass
+    logging.shutdown()
+    os._exit(status)

@@ -98,6 +98,11 @@ class ServerState:
     model_path: str = ""
     inflight: int = 0
     calls: set[asyncio.Task] = field(default_factory=set)
+    """The tasks of the nerve calls running now (the drain waits for them, then ends the rest)."""
+    failure: str | None = None
+    """Why the engine was given up; every call then gets UNAVAILABLE."""
+    cut_off: bool = False
+    """Set when the drain's grace period is over and the calls still running are being ended."""
 
     @property
     def ready(self) -> bool:
@@ -113,6 +118,8 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
     # -- helpers ---------------------------------------------------------------------------------------------
 
     def _extractor(self) -> Extractor:
+        if self.state.failure:
+            raise NotReady(f"{self.state.failure}; retry on another replica")
         if self.state.draining:
             raise NotReady("the server is draining; retry on another replica")
         if self.state.extractor is None:
