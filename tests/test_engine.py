@@ -218,15 +218,53 @@ def test_engine_dtype_auto_reaches_vllm(tiny_engine) -> None:
     assert tiny_engine._llm.model_config.dtype == getattr(torch, expected)
 
 
+def test_engine_block_size_defaults_to_the_finest_the_cpu_takes(tiny_engine) -> None:
+    from service.engine import CPU_BLOCK_SIZE
+
+    assert tiny_engine.config.block_size is None
+    assert tiny_engine._llm.vllm_config.cache_config.block_size == CPU_BLOCK_SIZE == 32
+
+
 @pytest.mark.engine
 def test_engine_explicit_dtype_wins(loop_thread, tiny_qwen_dir) -> None:
     import torch
 
+    from service.engine import GenerationRequest
     from tests.conftest import start_engine
 
-    engine = start_engine(loop_thread, tiny_qwen_dir, dtype="float32", max_model_len=1024)
+    engine = start_engine(loop_thread, tiny_qwen_dir, dtype="float32", max_model_len=1024, block_size=64)
     try:
         assert engine.dtype.dtype == "float32" and engine.dtype.reason == "set explicitly"
         assert engine._llm.model_config.dtype == torch.float32
+        assert engine._llm.vllm_config.cache_config.block_size == 64
+        # The prefix cache reuses whole blocks: of a 100-token prompt seen before, 64 tokens (one block of 64);
+        # with vLLM's own CPU default of 128-token blocks, none.
+        request = GenerationRequest(prompt_token_ids=list(range(1000, 1100)), schema=None, max_tokens=2)
+        loop_thread.run(engine.generate(request))
+        again = loop_thread.run(engine.generate(request))
+        assert again.cached_prompt_tokens == 64
     finally:
         engine.close()
+
+
+@pytest.mark.engine
+def test_ngram_speculation_reaches_vllm_and_keeps_greedy_answers(loop_thread, tiny_qwen_dir) -> None:
+    """Prompt-lookup drafts are verified by the model: under the schema the answers equal plain greedy decoding."""
+    from ner.card import TaskCard
+    from service.pipeline import Extractor
+    from tests.conftest import start_engine
+
+    texts = ["Peter Blackburn met Peter Blackburn in Brussels .", "温格的球队终于又踢了一场经典的比赛，2比1战胜曼联之后",
+             "EU rejects German call to boycott British lamb ."]
+    card = TaskCard.load(tiny_qwen_dir)
+    answers = {}
+    for k in (0, 3):
+        engine = start_engine(loop_thread, tiny_qwen_dir, dtype="float32", speculative_tokens=k)
+        try:
+            spec = engine._llm.vllm_config.speculative_config
+            assert (spec is None) if k == 0 else (spec.method == "ngram" and spec.num_speculative_tokens == 3)
+            ex = Extractor(engine, card)
+            answers[k] = [r.raw for r in loop_thread.run(ex.extract_many(texts))]
+        finally:
+            engine.close()
+    assert answers[3] == answers[0]

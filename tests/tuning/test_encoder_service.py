@@ -67,7 +67,7 @@ def test_concurrent_calls_share_forward_passes(tagger_server) -> None:
 
     running, examples = tagger_server
     engine = running.server.engine
-    before = len(engine.batch_sizes)
+    before = engine.batches
 
     async def calls() -> list:
         async with AsyncClient(running.target) as client:
@@ -75,7 +75,7 @@ def test_concurrent_calls_share_forward_passes(tagger_server) -> None:
 
     results = asyncio.run(calls())
     assert all(len(r.entities) == len(examples[i % 5].entities) for i, r in enumerate(results))
-    sizes = engine.batch_sizes[before:]
+    sizes = list(engine.batch_sizes)[len(engine.batch_sizes) - (engine.batches - before):]
     assert sum(sizes) == 12 and max(sizes) > 1, sizes  # the micro-batcher grouped concurrent calls
 
 
@@ -92,12 +92,145 @@ def test_a_cancelled_request_costs_no_forward_pass(loop_thread, exported_tagger)
             await asyncio.sleep(0.01)
             doomed.cancel()
             ents, queued, took = await kept
-            return engine.batch_sizes, ents
+            return list(engine.batch_sizes), ents
         finally:
             engine.close()
 
     sizes, ents = loop_thread.run(body())
     assert sizes == [1] and ents == examples[1].entities
+
+
+BAD = "This sentence breaks the tagger ."
+
+
+class _FailingTokenizer:
+    """The tagger's tokenizer, raising on any batch of texts that holds ``bad``."""
+
+    def __init__(self, inner, bad: str) -> None:
+        self.inner = inner
+        self.bad = bad
+
+    def __call__(self, texts, *args, **kwargs):
+        if self.bad in texts:
+            raise ValueError("this text cannot be tokenised")
+        return self.inner(texts, *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+async def _tag_together(engine, texts: list[str]) -> list:
+    """Tag ``texts`` concurrently (so that they share a batch): each result or exception, in order."""
+    calls = asyncio.gather(*(engine.tag(t) for t in texts), return_exceptions=True)
+    return await asyncio.wait_for(calls, 30)  # a lost request fails the test instead of hanging it
+
+
+def test_a_failure_outside_the_forward_pass_fails_only_its_call(loop_thread, exported_tagger, monkeypatch) -> None:
+    from service.encoder_engine import EncoderConfig, EncoderEngine
+    from service.engine import EngineError
+
+    path, examples = exported_tagger
+
+    async def body():
+        engine = await EncoderEngine.start(EncoderConfig(model=str(path), max_wait_ms=200))
+        real = engine._model.extract
+
+        def extract(texts: list[str]) -> list:  # drops the bad text's result: results no longer match texts
+            return [r for t, r in zip(texts, real(texts), strict=True) if t != BAD]
+
+        monkeypatch.setattr(engine._model, "extract", extract)
+        try:
+            together = await _tag_together(engine, [examples[0].text, BAD, examples[1].text])
+            later = await asyncio.wait_for(engine.tag(examples[2].text), 30)
+            return together, later, list(engine.batch_sizes), engine.failed_batches, engine.dead
+        finally:
+            engine.close()
+
+    (first, bad, second), later, sizes, failed, dead = loop_thread.run(body())
+    assert isinstance(bad, EngineError) and "results for 1 texts" in str(bad)
+    assert first[0] == examples[0].entities and second[0] == examples[1].entities
+    assert later[0] == examples[2].entities  # the worker still serves
+    assert failed == 1 and sizes == [1, 1, 1] and not dead  # one batch of three, then one by one
+
+
+def test_a_bad_text_fails_only_its_own_call(loop_thread, exported_tagger, monkeypatch) -> None:
+    from service.encoder_engine import EncoderConfig, EncoderEngine
+
+    path, examples = exported_tagger
+    texts = [examples[0].text, examples[1].text, BAD, examples[3].text]
+
+    async def body():
+        engine = await EncoderEngine.start(EncoderConfig(model=str(path), max_wait_ms=200))
+        monkeypatch.setattr(engine._model, "tokenizer", _FailingTokenizer(engine._model.tokenizer, BAD))
+        try:
+            together = await _tag_together(engine, texts)
+            again = await _tag_together(engine, [examples[4].text, examples[2].text])
+            return together, again, list(engine.batch_sizes), engine.failed_batches
+        finally:
+            engine.close()
+
+    together, again, sizes, failed = loop_thread.run(body())
+    assert isinstance(together[2], ValueError) and "tokenised" in str(together[2])
+    for i, result in ((0, together[0]), (1, together[1]), (3, together[3])):
+        assert not isinstance(result, BaseException), result
+        assert result[0] == examples[i].entities
+    assert [r[0] for r in again] == [examples[4].entities, examples[2].entities]
+    assert failed == 1 and sizes == [1, 1, 1, 2]  # the failed batch's good texts one by one, then a batch of two
+
+
+def test_a_dead_worker_fails_calls_at_once(loop_thread, exported_tagger) -> None:
+    from service.encoder_engine import BATCH_SIZE_HISTORY, EncoderConfig, EncoderEngine
+    from service.engine import EngineDead, EngineError
+
+    path, examples = exported_tagger
+
+    async def body() -> float:
+        engine = await EncoderEngine.start(EncoderConfig(model=str(path), max_wait_ms=500))
+        assert engine.batch_sizes.maxlen == BATCH_SIZE_HISTORY
+        try:
+            held = asyncio.ensure_future(engine.tag(examples[0].text))
+            await asyncio.sleep(0.05)  # the worker holds it, waiting for more texts to batch with
+            assert not engine.dead
+            await engine.check_health()
+            engine._worker.cancel()
+            with pytest.raises(EngineDead):
+                await asyncio.wait_for(held, 5)
+            assert engine.dead
+            t0 = time.perf_counter()
+            with pytest.raises(EngineDead):
+                await asyncio.wait_for(engine.tag(examples[1].text), 5)
+            took = time.perf_counter() - t0
+            with pytest.raises(EngineDead):
+                await engine.check_health()
+        finally:
+            engine.close()
+        assert not engine.dead  # closed: an engine shut down on purpose is not dead
+        with pytest.raises(EngineError, match="closed") as closed:
+            await engine.tag(examples[1].text)
+        assert not isinstance(closed.value, EngineDead)
+        return took
+
+    assert loop_thread.run(body()) < 1
+
+
+def test_the_server_stops_when_the_encoder_worker_dies(loop_thread, exported_tagger) -> None:
+    from service.config import ServeConfig
+    from service.server import NerveServer
+    from tests.conftest import Running
+
+    path, _ = exported_tagger
+    server = NerveServer(ServeConfig(model=str(path), port=0, metrics_port=0, warmup=False))
+    loop_thread.run(server.start())
+    loop_thread.run(server.wait_ready())
+    running = Running(loop_thread, server)
+    try:
+        assert running.status() == 1
+        loop_thread.loop.call_soon_threadsafe(server.engine._worker.cancel)
+        loop_thread.run(asyncio.wait_for(server.wait_stopped(), 10))  # the watchdog noticed and stopped it
+        assert server.failure is not None and server.state.draining
+    finally:
+        running.channel.close()
+        loop_thread.run(server.drain(0))
 
 
 def test_encoder_checkpoint_is_detected(exported_tagger, tmp_path) -> None:
