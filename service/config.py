@@ -32,7 +32,17 @@ class ServeConfig:
     max_batch_texts: int = field(default=64, metadata={"help": "Most texts in one ExtractBatch call."})
     max_batch_bytes: int = field(default=1 << 20, metadata={"help": "Most UTF-8 bytes of text in one ExtractBatch call."})
     max_message_bytes: int = field(default=8 << 20, metadata={"help": "gRPC max send/receive message size."})
+    max_new_schemas_per_minute: int = field(default=600, metadata={
+        "help": "Most requests per minute with an output schema not seen before (a new label set or bound: one "
+                "grammar compilation each); beyond it they get RESOURCE_EXHAUSTED. 0: no limit."})
     max_eval_examples: int = field(default=20000, metadata={"help": "Most examples one Evaluate call may score."})
+    max_concurrent_evaluations: int = field(default=2, metadata={
+        "help": "Most Evaluate calls running at once; a further one gets RESOURCE_EXHAUSTED."})
+    max_report_errors: int = field(default=1000, metadata={
+        "help": "Most per-example errors an Evaluate report lists (include_errors); the others are only counted."})
+    eval_idle_seconds: float = field(default=60.0, metadata={
+        "help": "Longest wait for the next message of an Evaluate stream before the call ends DEADLINE_EXCEEDED;"
+                " 0: no limit (the client's deadline still applies)."})
     eval_dataset_roots: list[str] = field(default_factory=list, metadata={
         "help": "Folders whose datasets Evaluate may read by path (none: only streamed examples)."})
     drain_seconds: float = field(default=30.0, metadata={
@@ -42,6 +52,17 @@ class ServeConfig:
                 "the server (status 3) so that it is restarted; 0 disables the check."})
     tls_cert: str | None = field(default=None, metadata={"help": "PEM certificate chain file; enables TLS with tls_key."})
     tls_key: str | None = field(default=None, metadata={"help": "PEM private key file."})
+    tls_client_ca: str | None = field(default=None, metadata={
+        "help": "PEM file of the CAs whose client certificates are accepted: mutual TLS, a client without such a "
+                "certificate is refused (needs tls_cert and tls_key)."})
+    max_connection_age_seconds: float = field(default=0.0, metadata={
+        "help": "Close each client connection (HTTP/2 GOAWAY) after about this long, so that clients reconnect and "
+                "spread over new replicas; calls in flight continue. 0: connections are never closed for age."})
+    max_connection_age_grace_seconds: float = field(default=30.0, metadata={
+        "help": "How long calls on a connection closed for its age may still run before they are cancelled."})
+    max_watch_streams: int = field(default=1000, metadata={
+        "help": "Most Health.Watch and reflection streams open at once (they stay open until the client ends "
+                "them); a further one gets RESOURCE_EXHAUSTED. Health.Check and nerve.v1 calls do not count."})
     auth_token: str | None = field(default=None, metadata={
         "help": "Require 'authorization: Bearer <token>' on nerve calls (health stays open). Prefer NERVE_AUTH_TOKEN."})
     grounded: bool = field(default=False, metadata={
@@ -58,10 +79,22 @@ class ServeConfig:
     def validate(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key must be given together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        if self.auth_token is not None and not self.auth_token.strip():
+            raise ValueError("auth_token is empty: set a token, or leave the setting (and NERVE_AUTH_TOKEN) unset")
         for name in ("max_queue", "max_text_chars", "max_batch_texts", "max_batch_bytes", "max_message_bytes",
-                     "encoder_max_batch"):
+                     "encoder_max_batch", "max_concurrent_evaluations", "max_watch_streams"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
+        if self.max_batch_texts > self.max_queue:
+            raise ValueError(f"max_batch_texts ({self.max_batch_texts}) is larger than max_queue ({self.max_queue}):"
+                             " a full ExtractBatch call could never be admitted; raise max_queue or lower"
+                             " max_batch_texts")
+        for name in ("max_report_errors", "eval_idle_seconds", "max_connection_age_seconds",
+                     "max_connection_age_grace_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
         if not 0 < self.port < 65536 or not 0 <= self.metrics_port < 65536:
             raise ValueError("ports must be in 1..65535 (metrics_port 0 disables metrics)")
 

@@ -7,17 +7,19 @@ import contextvars
 import functools
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from ner.readers import DatasetFormatError
 
 from .engine import EngineDead, EngineError
-from .pipeline import InputError
+from .pipeline import InputError, SchemaBudgetExceeded
 
 log = logging.getLogger("nerve.service")
 
@@ -64,6 +66,8 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return exc.code, str(exc)
     if isinstance(exc, InputError | DatasetFormatError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, SchemaBudgetExceeded):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
     if isinstance(exc, EngineDead):
         return grpc.StatusCode.UNAVAILABLE, "the engine failed; retry on another replica"
     if isinstance(exc, EngineError):
@@ -71,11 +75,73 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error (request id {REQUEST_ID.get()})"
 
 
+MAX_REQUEST_ID = 128
+"""Longest client request id kept; a longer one is cut."""
+_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._:/@+=-]")
+
+
+def clean_request_id(value: str | bytes) -> str:
+    """A client's ``x-request-id`` made safe for logs and trailing metadata: cut to :data:`MAX_REQUEST_ID`
+    characters, every character outside ``A-Z a-z 0-9 . _ : / @ + = -`` replaced by ``_``.
+
+    gRPC clients refuse to send control characters in metadata, but other HTTP/2 clients can: without this a
+    newline in the id would start a forged log line, and the id could not be sent back as a trailer.
+    """
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    return _UNSAFE_ID_CHARS.sub("_", value[:MAX_REQUEST_ID])
+
+
 def _request_id(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id" and value:
-            return str(value)[:128]
+            return clean_request_id(value)
     return uuid.uuid4().hex
+
+
+class Undecodable:
+    """What :func:`decoding` gives for a request message that does not parse (the servicer wrappers turn it
+    into INVALID_ARGUMENT, with the request id, like any other bad input)."""
+
+    __slots__ = ("type_name",)
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+    def error(self) -> InputError:
+        return InputError(f"the request is not a valid {self.type_name} message (is every string field valid"
+                          " UTF-8?)")
+
+
+def decoding(deserializer: Callable[[bytes], Any], type_name: str) -> Callable[[bytes], Any]:
+    """``deserializer`` returning an :class:`Undecodable` instead of raising for a message that does not parse
+    (a string field that is not valid UTF-8, a truncated message). gRPC itself would end such a call UNKNOWN,
+    without a request id."""
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError:
+            return Undecodable(type_name)
+
+    return decode
+
+
+async def _decoded(messages: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """A request stream whose first message that did not parse raises INVALID_ARGUMENT."""
+    async for message in messages:
+        if isinstance(message, Undecodable):
+            raise message.error()
+        yield message
+
+
+def _checked(request: Any) -> Any:
+    """The request of a wrapped call: a message that did not parse raises; a request stream is checked as read."""
+    if isinstance(request, Undecodable):
+        raise request.error()
+    if hasattr(request, "__aiter__"):
+        return _decoded(request)
+    return request
 
 
 class RpcRecorder:
@@ -126,7 +192,7 @@ def unary(method: str) -> Callable:
             rec = RpcRecorder(method, context, self.metrics)
             calls = _track(self)
             try:
-                return await fn(self, request, context, rec)
+                return await fn(self, _checked(request), context, rec)
             except grpc.aio.AbortError:
                 raise
             except BaseException as exc:  # noqa: BLE001 - mapped to a status; CancelledError re-raised
@@ -152,7 +218,7 @@ def streaming(method: str) -> Callable:
             rec = RpcRecorder(method, context, self.metrics)
             calls = _track(self)
             try:
-                async for item in fn(self, request, context, rec):
+                async for item in fn(self, _checked(request), context, rec):
                     yield item
             except grpc.aio.AbortError:
                 raise

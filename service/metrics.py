@@ -27,6 +27,9 @@ class Metrics:
         self.batch_texts = Histogram("nerve_batch_texts", "Texts per RPC (1 for Extract).", ["method"],
                                      buckets=_BATCH_BUCKETS, registry=r)
         self.prompt_tokens = Counter("nerve_prompt_tokens_total", "Prompt tokens sent to the engine.", registry=r)
+        self.cached_prompt_tokens = Counter("nerve_cached_prompt_tokens_total",
+                                            "Prompt tokens served from the engine's prefix cache (not computed).",
+                                            registry=r)
         self.completion_tokens = Counter("nerve_completion_tokens_total", "Tokens generated.", registry=r)
         self.entities = Counter("nerve_entities_total", "Grounded entities returned.", registry=r)
         self.hallucinated = Counter("nerve_hallucinated_entities_total",

@@ -9,8 +9,10 @@ and tuning's evaluation all go through it.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +50,38 @@ class Limits:
     max_text_chars: int = 4000
     max_batch_texts: int = 64
     max_batch_bytes: int = 1 << 20
+    new_schemas_per_minute: int = 0
+    """Most output schemas not seen before (label subsets × bounds) per minute, each a grammar compilation
+    in the engine; beyond it such requests get :class:`SchemaBudgetExceeded`. 0: no limit."""
+
+
+SCHEMAS_REMEMBERED = 4096
+"""Schemas an extractor remembers as compiled (least recently used forgotten first), like vLLM's own cache."""
+
+
+class SchemaBudgetExceeded(Exception):
+    """Too many new output schemas (grammar compilations) in the last minute; retry later."""
+
+
+class SchemaBudget:
+    """A token bucket of grammar compilations: ``per_minute`` per minute, bursts of as many."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic):
+        self.per_minute = per_minute
+        self._clock = clock
+        self._tokens = float(per_minute)
+        self._at = clock()
+
+    def take(self) -> bool:
+        if self.per_minute <= 0:
+            return True
+        now = self._clock()
+        self._tokens = min(self.per_minute, self._tokens + (now - self._at) * self.per_minute / 60.0)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
 
 
 @dataclass(slots=True)
@@ -57,6 +91,8 @@ class Usage:
     queue_seconds: float = 0.0
     engine_seconds: float = 0.0
     total_seconds: float = 0.0
+    cached_prompt_tokens: int = 0
+    """Prompt tokens whose KV came from the engine's prefix cache (not computed again)."""
 
 
 @dataclass(slots=True)
@@ -195,7 +231,8 @@ class Extractor(ExtractorBase):
         self.constrained = constrained
         self.grounded = grounded
         self.answer_format = answer_format(card)
-        self._schemas_seen: set[str] = set()
+        self._schemas_seen: OrderedDict[str, None] = OrderedDict()
+        self._schema_budget = SchemaBudget(self.limits.new_schemas_per_minute)
 
     def prepare(self, text: str, labels: Sequence[str] | LabelSet | None = None, max_entities: int | None = None) -> Prepared:
         _check_text(text, self.limits)
@@ -225,7 +262,7 @@ class Extractor(ExtractorBase):
     def finish(self, text: str, prepared: Prepared, out: GenerationOutput, started: float,
                new_schema: bool = False) -> ExtractionResult:
         usage = Usage(out.prompt_tokens, out.completion_tokens, out.queue_seconds, out.engine_seconds,
-                      time.perf_counter() - started)
+                      time.perf_counter() - started, out.cached_prompt_tokens)
         try:
             mentions = parse_answer(out.text, prepared.labels.names, self.answer_format)
         except AnswerParseError:
@@ -243,7 +280,14 @@ class Extractor(ExtractorBase):
         if prepared.request.schema is not None and prepared.spec is not None:
             key = prepared.spec.key
             new_schema = key not in self._schemas_seen
-            self._schemas_seen.add(key)
+            if new_schema and not self._schema_budget.take():
+                raise SchemaBudgetExceeded(
+                    f"more than {self.limits.new_schemas_per_minute} new output schemas (label sets and bounds) in"
+                    " the last minute, each a grammar compilation; retry later or reuse label sets")
+            self._schemas_seen[key] = None
+            self._schemas_seen.move_to_end(key)
+            if len(self._schemas_seen) > SCHEMAS_REMEMBERED:
+                self._schemas_seen.popitem(last=False)
         out = await self.engine.generate(prepared.request, request_id)
         return self.finish(text, prepared, out, started, new_schema)
 
@@ -259,6 +303,81 @@ class EvaluationResult:
     report: ScoreReport
     latencies: list[float]
     predictions: list[ExtractionResult]
+
+
+@dataclass(frozen=True, slots=True)
+class Mistakes:
+    """What one example got wrong: gold entities not predicted, predictions not in the gold set."""
+
+    index: int
+    """The example's position in its run (0-based)."""
+    id: str | None
+    missing: list[Entity]
+    spurious: list[Entity]
+    hallucinated: int
+    parsed: bool
+
+    def size(self) -> int:
+        """An upper bound of the bytes these mistakes take in a protobuf message (``ExampleError``)."""
+        entities = sum(32 + len(e.label.encode()) + len(e.text.encode()) for e in (*self.missing, *self.spurious))
+        return 32 + len((self.id or "").encode()) + entities
+
+
+class RunningScore:
+    """The score of a run whose results arrive one at a time, in any order.
+
+    It keeps the :class:`~ner.scoring.Scorer` counts, the latencies and token counts, and, with
+    ``keep_mistakes``, the :class:`Mistakes` of the first examples (in run order) that have some: at most
+    ``max_mistakes`` of them and at most ``max_mistake_bytes`` by :meth:`Mistakes.size`; the others are only
+    counted (:attr:`mistakes_left_out`). Nothing else of an example is kept once it is added, so memory grows
+    by a float per example, not with the texts.
+    """
+
+    def __init__(self, labels: Sequence[str], *, keep_mistakes: bool = False, max_mistakes: int = 1000,
+                 max_mistake_bytes: int = 4 << 20) -> None:
+        self.scorer = Scorer(labels=labels)
+        self.latencies: list[float] = []
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.mistaken = 0
+        """Examples with a mistake (missing or spurious entities, hallucinations, or an answer that did not parse)."""
+        self._keep = keep_mistakes
+        self._max = max_mistakes
+        self._max_bytes = max_mistake_bytes
+        self._kept: list[tuple[int, int, Mistakes]] = []  # a max-heap on the index: (-index, size, mistakes)
+        self._bytes = 0
+        self._cutoff: int | None = None  # no example from this index on is listed
+
+    def add(self, index: int, gold: Example, r: ExtractionResult) -> None:
+        """Score the ``index``-th example of the run."""
+        self.scorer.add(gold.entities, r.entities, parsed=r.parsed, hallucinated=[m.label for m in r.hallucinated])
+        self.latencies.append(r.usage.total_seconds)
+        self.prompt_tokens += r.usage.prompt_tokens
+        self.completion_tokens += r.usage.completion_tokens
+        g, p = set(gold.entities), set(r.entities)
+        if g == p and not r.hallucinated and r.parsed:
+            return
+        self.mistaken += 1
+        if not self._keep or (self._cutoff is not None and index >= self._cutoff):
+            return
+        m = Mistakes(index, gold.id, sorted(g - p), sorted(p - g), len(r.hallucinated), r.parsed)
+        size = m.size()
+        heapq.heappush(self._kept, (-index, size, m))
+        self._bytes += size
+        while self._kept and (len(self._kept) > self._max or self._bytes > self._max_bytes):
+            neg, dropped, _ = heapq.heappop(self._kept)
+            self._bytes -= dropped
+            self._cutoff = -neg  # popped in decreasing index order: the last one popped is the lowest
+
+    @property
+    def mistakes(self) -> list[Mistakes]:
+        """The listed mistakes, in run order."""
+        return [m for _, _, m in sorted(self._kept, reverse=True)]
+
+    @property
+    def mistakes_left_out(self) -> int:
+        """Examples with mistakes that :attr:`mistakes` does not list (0 without ``keep_mistakes``)."""
+        return self.mistaken - len(self._kept) if self._keep else 0
 
 
 async def evaluate(extractor: ExtractorBase, examples: Sequence[Example], *,

@@ -11,12 +11,19 @@ vLLM's engine core has died (OOM kill, crash) or requests have been pending with
 ``engine_stall_seconds``, health turns NOT_SERVING, calls get UNAVAILABLE (clients retry on another replica),
 the server stops at once and the process exits with :data:`EXIT_ENGINE_FAILED`, so that the orchestrator
 restarts it with a fresh engine.
+
+Health checks are never refused because of other traffic: there is no global limit on concurrent calls (nerve
+calls are admitted per text by the servicer), and the streams that stay open until their client ends them
+(Health.Watch, reflection) are capped on their own (``max_watch_streams``). Keepalive pings end the streams of
+clients that vanished; ``max_connection_age_seconds`` makes clients reconnect now and then, so that they
+spread over new replicas.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import inspect
 import logging
 import os
 import signal
@@ -25,13 +32,15 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from nerve_client._proto.nerve.v1 import service_pb2, service_pb2_grpc
+from nerve_client._proto.nerve.v1 import service_pb2
 
 from .config import ServeConfig
 from .encoder_engine import EncoderConfig, EncoderEngine, EncoderExtractor, is_encoder_checkpoint
 from .engine import EngineConfig, VllmEngine
+from .errors import decoding
 from .metrics import Metrics
 from .pipeline import Extractor, Limits, load_card
 from .servicer import NerveServicer, ServerState
@@ -83,6 +92,109 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                        response_serializer=handler.response_serializer)
 
 
+KEEPALIVE_SECONDS = 60
+"""The server pings each connection that has calls open this often, so that the streams of a client that
+vanished (no FIN, e.g. a partitioned node) are ended instead of held forever."""
+KEEPALIVE_TIMEOUT_SECONDS = 20
+"""An unanswered keepalive ping closes the connection after this long."""
+
+
+def server_options(cfg: ServeConfig) -> list[tuple[str, Any]]:
+    """The gRPC server's channel arguments: message sizes, keepalive, and the connection age limit."""
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_send_message_length", cfg.max_message_bytes),
+        ("grpc.max_receive_message_length", cfg.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_time_ms", KEEPALIVE_SECONDS * 1000),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_SECONDS * 1000),
+        ("grpc.http2.max_pings_without_data", 0),  # keep pinging a Watch stream that carries no data
+    ]
+    if cfg.max_connection_age_seconds > 0:
+        options += [
+            ("grpc.max_connection_age_ms", max(1, round(cfg.max_connection_age_seconds * 1000))),
+            ("grpc.max_connection_age_grace_ms", round(cfg.max_connection_age_grace_seconds * 1000)),
+        ]
+    return options
+
+
+def server_credentials(cfg: ServeConfig) -> grpc.ServerCredentials:
+    """TLS with ``tls_cert``/``tls_key``; with ``tls_client_ca`` also mutual TLS: a client must present a
+    certificate signed by one of those CAs, or its handshake fails."""
+    pair = [(Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes())]
+    if cfg.tls_client_ca:
+        return grpc.ssl_server_credentials(pair, root_certificates=Path(cfg.tls_client_ca).read_bytes(),
+                                           require_client_auth=True)
+    return grpc.ssl_server_credentials(pair)
+
+
+_HANDLER_FACTORIES = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def add_nerve_service(servicer: NerveServicer, server: grpc.aio.Server) -> None:
+    """Register ``nerve.v1.NerveService`` as the generated code does, every method taken from the service
+    descriptor, but with request deserializers that do not raise: a message that does not parse reaches the
+    servicer's wrappers, which answer INVALID_ARGUMENT with the request id (gRPC would answer UNKNOWN)."""
+    handlers = {}
+    for method in service_pb2.DESCRIPTOR.services_by_name["NerveService"].methods:
+        request = message_factory.GetMessageClass(method.input_type)
+        response = message_factory.GetMessageClass(method.output_type)
+        factory = _HANDLER_FACTORIES[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = factory(getattr(servicer, method.name),
+                                        request_deserializer=decoding(request.FromString, method.input_type.full_name),
+                                        response_serializer=response.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+class StreamLimit(grpc.aio.ServerInterceptor):
+    """At most ``limit`` response streams of the standard services open at once (Health.Watch and reflection,
+    which stay open until their client ends them); a further one gets RESOURCE_EXHAUSTED.
+
+    Unary calls, Health.Check among them, are never counted, so open streams cannot crowd out the probes.
+    nerve.v1 calls are not counted either: the servicer admits them per text (``max_queue``).
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.open = 0
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
+                                details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or not handler.response_streaming or details.method.startswith(f"/{SERVICE_NAME}/"):
+            return handler
+        behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
+        limiter = self
+
+        async def bounded(request: Any, context: grpc.aio.ServicerContext) -> None:
+            if limiter.open >= limiter.limit:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"{limiter.open} streams open, the server's limit (max_watch_streams); use "
+                                    "Health.Check, or retry later")
+            limiter.open += 1
+            try:
+                result = behavior(request, context)
+                if inspect.isasyncgen(result):
+                    async for response in result:
+                        await context.write(response)
+                elif inspect.isawaitable(result):
+                    await result
+                else:  # a synchronous generator
+                    for response in result:
+                        await context.write(response)
+            finally:
+                limiter.open -= 1
+
+        factory = _HANDLER_FACTORIES[(handler.request_streaming, True)]
+        return factory(bounded, request_deserializer=handler.request_deserializer,
+                       response_serializer=handler.response_serializer)
+
+
 class NerveServer:
     """One nerve server process (usable in-process by tests)."""
 
@@ -109,30 +221,29 @@ class NerveServer:
     async def start(self, *, load: bool = True) -> int:
         """Open the port (health NOT_SERVING) and, with ``load``, start loading the model in the background."""
         cfg = self.cfg
-        options = [
-            ("grpc.max_send_message_length", cfg.max_message_bytes),
-            ("grpc.max_receive_message_length", cfg.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ]
-        interceptors = [AuthInterceptor(cfg.auth_token, self.metrics)] if cfg.auth_token else []
-        server = grpc.aio.server(options=options, interceptors=interceptors,
-                                 maximum_concurrent_rpcs=cfg.max_queue + 64)
-        service_pb2_grpc.add_NerveServiceServicer_to_server(NerveServicer(cfg, self.state, self.metrics), server)
+        # No maximum_concurrent_rpcs: it would count health checks and never-ending Watch streams alongside
+        # nerve calls, so enough open streams would refuse the kubelet's probes. Nerve calls are admitted per
+        # text in the servicer; long-lived standard streams are bounded by StreamLimit.
+        interceptors: list[grpc.aio.ServerInterceptor] = [StreamLimit(cfg.max_watch_streams)]
+        if cfg.auth_token:
+            interceptors.append(AuthInterceptor(cfg.auth_token, self.metrics))
+        server = grpc.aio.server(options=server_options(cfg), interceptors=interceptors)
+        add_nerve_service(NerveServicer(cfg, self.state, self.metrics), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server)
         address = f"{cfg.host}:{cfg.port}"
         if cfg.tls_cert:
-            creds = grpc.ssl_server_credentials([(Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes())])
-            self.port = server.add_secure_port(address, creds)
+            self.port = server.add_secure_port(address, server_credentials(cfg))
         else:
             self.port = server.add_insecure_port(address)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.start()
         self._server = server
         self.metrics.ready.set(0)
-        log.info("listening on %s:%s (tls=%s, auth=%s)", cfg.host, self.port, bool(cfg.tls_cert), bool(cfg.auth_token))
+        log.info("listening on %s:%s (tls=%s, client certificates=%s, auth=%s)", cfg.host, self.port,
+                 bool(cfg.tls_cert), bool(cfg.tls_client_ca), bool(cfg.auth_token))
         if load:
             self._load_task = asyncio.ensure_future(self._load())
         return self.port
@@ -144,7 +255,8 @@ class NerveServer:
             path = await asyncio.to_thread(resolve_model, self.cfg.model, log=log.info)
             card = load_card(path, self.cfg.task)
             limits = Limits(max_text_chars=self.cfg.max_text_chars, max_batch_texts=self.cfg.max_batch_texts,
-                            max_batch_bytes=self.cfg.max_batch_bytes)
+                            max_batch_bytes=self.cfg.max_batch_bytes,
+                            new_schemas_per_minute=self.cfg.max_new_schemas_per_minute)
             if is_encoder_checkpoint(path):  # token classification: no vLLM, a micro-batcher instead
                 engine_cfg = EncoderConfig(model=str(path), max_batch=self.cfg.encoder_max_batch,
                                            max_wait_ms=self.cfg.encoder_max_wait_ms)
@@ -177,7 +289,7 @@ class NerveServer:
         if engine is None:
             return None
         if getattr(engine, "dead", False):
-            return "dead", "the engine process died"
+            return "dead", getattr(engine, "death", None) or "the engine process died"
         stall = self.cfg.engine_stall_seconds
         stalled = getattr(engine, "stalled", None)
         if stall > 0 and stalled is not None and stalled(stall):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -17,16 +20,29 @@ from nerve_client._proto.nerve.v1 import service_pb2_grpc
 from nerve_client._proto.nerve.v1 import types_pb2 as tpb
 
 from ner.prompts import answer_format
-from ner.readers import detect_format, read_dataset
+from ner.readers import DatasetFormatError, NoEntitiesError, detect_format, iter_dataset
 from ner.readers.conll import normalize_scheme
 from ner.schema import output_spec
-from ner.scoring import LabelScore, Scorer
+from ner.scoring import LabelScore
 from ner.types import Entity, Example
 
 from .config import ServeConfig
-from .errors import DeadlineExpired, FailedPrecondition, Forbidden, NotFound, NotReady, Overloaded, RpcRecorder, streaming, unary
+from .errors import (
+    REQUEST_ID,
+    DeadlineExpired,
+    FailedPrecondition,
+    Forbidden,
+    NotFound,
+    NotReady,
+    Overloaded,
+    RpcRecorder,
+    streaming,
+    unary,
+)
 from .metrics import Metrics
-from .pipeline import ExtractionResult, Extractor, ExtractorBase, InputError
+from .pipeline import ExtractionResult, Extractor, ExtractorBase, InputError, RunningScore
+
+log = logging.getLogger("nerve.service")
 
 _FORMATS = {
     spb.DATASET_FORMAT_UNSPECIFIED: "auto",
@@ -65,13 +81,35 @@ class _EvalPlan:
         return example, len(ignored)
 
 
-async def _aiter(items: list[Any]) -> AsyncIterator[Any]:
-    for item in items:
-        yield item
+_READ_CHUNK = 256
+"""Examples of a server-side dataset read per trip to a worker thread."""
+_CHECK_STEP = 16
+"""Evaluate checks this many examples between two turns of the event loop to other calls."""
 
 
-def _read_server_dataset(path: Path, fmt: str, scheme: str) -> list[Example]:
-    """A dataset file; the scheme applies to CoNLL files only. A malformed file is a FailedPrecondition."""
+async def _drain(items: deque[Any]) -> AsyncIterator[Any]:
+    """The items in order, each dropped from ``items`` as it is taken."""
+    while items:
+        yield items.popleft()
+
+
+def _take(items: Iterator[Any], n: int) -> tuple[list[Any], Exception | None]:
+    """Up to ``n`` items, and the error that ended the reading before them if one did."""
+    taken: list[Any] = []
+    try:
+        taken.extend(itertools.islice(items, n))
+    except Exception as exc:  # noqa: BLE001 - raised after the items before it are checked
+        return taken, exc
+    return taken, None
+
+
+def _read_server_dataset(path: Path, fmt: str, scheme: str, roots: list[str]) -> Iterator[Example]:
+    """The examples of a dataset file, read as they are taken; the scheme applies to CoNLL files only.
+
+    A malformed or unreadable file is a FailedPrecondition that names the file relative to its dataset root
+    (``roots``) and the line, never the file's content or the server's absolute path: those go to the server
+    log, under the call's request id.
+    """
     try:
         if fmt == "auto":
             fmt = detect_format(path)
@@ -81,11 +119,45 @@ def _read_server_dataset(path: Path, fmt: str, scheme: str) -> list[Example]:
                 opts["scheme"] = normalize_scheme(scheme)
             except ValueError as exc:
                 raise InputError(f"dataset.scheme: {exc}") from None
-        return read_dataset(path, fmt, **opts)
+        yield from iter_dataset(path, fmt, **opts)
     except InputError:
         raise
-    except ValueError as exc:  # the server-side file is malformed, not the request
-        raise FailedPrecondition(str(exc)) from None
+    except (ValueError, OSError) as exc:  # the server-side file is malformed or unreadable, not the request
+        rid = REQUEST_ID.get()
+        log.warning("request_id=%s dataset %s rejected: %s", rid, path, exc)
+        raise FailedPrecondition(_dataset_problem(exc, _shown_path(path, roots), rid)) from None
+
+
+_CONTENT_FREE_REASONS = ("invalid JSON: ", "not valid UTF-8 ", "expected ',' or ']' in the JSON array",
+                         "unexpected content after the JSON array")
+"""How the readers' JSON and UTF-8 decoding reasons start: they quote nothing of the file, so a client may see
+them. Every other reason may quote a line of the file and goes to the server log only."""
+
+
+def _dataset_problem(exc: ValueError | OSError, shown: str, rid: str) -> str:
+    """What a client is told about a server-side dataset that could not be read: where, and why when the reason
+    quotes nothing of the file."""
+    if isinstance(exc, OSError):
+        return f"dataset {shown}: cannot be read ({exc.strerror or type(exc).__name__})"
+    if isinstance(exc, DatasetFormatError):
+        where = shown if exc.line is None else f"{shown}:{exc.line}"
+        if isinstance(exc, NoEntitiesError) or exc.reason.startswith(_CONTENT_FREE_REASONS):
+            return f"dataset {where}: {exc.reason}"
+        return f"dataset {where}: malformed; the reason is in the server log (request id {rid})"
+    return f"dataset {shown}: malformed; the reason is in the server log (request id {rid})"
+
+
+def _shown_path(path: Path, roots: list[str]) -> str:
+    """A server-side dataset file as a client may see it: relative to the dataset root that holds it."""
+    for root in roots:
+        resolved = Path(root).resolve()
+        if path.is_relative_to(resolved):
+            return path.relative_to(resolved).as_posix()
+    return path.name
+
+
+_MAX_PATH_CHARS = 4096
+"""Longest dataset.path accepted."""
 
 
 @dataclass
@@ -114,6 +186,10 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
         self.cfg = cfg
         self.state = state
         self.metrics = metrics
+        self._evaluations = 0
+        """Evaluate calls running now."""
+        self._room = asyncio.Event()
+        """Set when texts leave the queue (evaluations waiting for room look again)."""
 
     # -- helpers ---------------------------------------------------------------------------------------------
 
@@ -127,8 +203,8 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
         return self.state.extractor
 
     @contextmanager
-    def _admit(self, n: int, *, force: bool = False) -> Iterator[None]:
-        if not force and self.state.inflight + n > self.cfg.max_queue:
+    def _admit(self, n: int) -> Iterator[None]:
+        if self.state.inflight + n > self.cfg.max_queue:
             self.metrics.rejected.inc(n)
             raise Overloaded(f"queue full ({self.state.inflight} texts in flight, limit {self.cfg.max_queue}); retry later")
         self._set_inflight(self.state.inflight + n)
@@ -137,7 +213,40 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
         finally:
             self._set_inflight(self.state.inflight - n)
 
+    @asynccontextmanager
+    async def _admit_waiting(self) -> AsyncIterator[None]:
+        """Admit one text of an evaluation under way, waiting while the queue is full: other traffic slows an
+        evaluation down but does not fail it after part of its work is done."""
+        while self.state.inflight >= self.cfg.max_queue:
+            self._room.clear()
+            await self._room.wait()
+        with self._admit(1):
+            yield
+
+    @contextmanager
+    def _evaluation_slot(self) -> Iterator[None]:
+        """One of the ``max_concurrent_evaluations`` Evaluate calls; none starts while the queue is full."""
+        running, limit = self._evaluations, self.cfg.max_concurrent_evaluations
+        if running >= limit:
+            raise Overloaded(f"too many evaluations: {running} running, the limit is {limit} at once; retry later")
+        if self.state.inflight >= self.cfg.max_queue:
+            self.metrics.rejected.inc()
+            raise Overloaded(f"queue full ({self.state.inflight} texts in flight, limit {self.cfg.max_queue}); retry later")
+        self._evaluations += 1
+        try:
+            yield
+        finally:
+            self._evaluations -= 1
+
+    def _evaluation_window(self) -> int:
+        """Texts one evaluation keeps in flight: at most the engine's batch, and all evaluations together at
+        most half of ``max_queue``."""
+        share = self.cfg.max_queue // (2 * self.cfg.max_concurrent_evaluations)
+        return max(1, min(self.cfg.engine.max_num_seqs, share))
+
     def _set_inflight(self, value: int) -> None:
+        if value < self.state.inflight:
+            self._room.set()
         self.state.inflight = value
         self.metrics.inflight.set(value)
         capacity = self.cfg.engine.max_num_seqs
@@ -152,6 +261,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
     def _record(self, r: ExtractionResult) -> None:
         m = self.metrics
         m.prompt_tokens.inc(r.usage.prompt_tokens)
+        m.cached_prompt_tokens.inc(r.usage.cached_prompt_tokens)
         m.completion_tokens.inc(r.usage.completion_tokens)
         m.queue_seconds.observe(r.usage.queue_seconds)
         m.engine_seconds.observe(r.usage.engine_seconds)
@@ -172,7 +282,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
             entities=[tpb.Entity(label=e.label, text=e.text, start=e.start, end=e.end) for e in r.entities],
             usage=tpb.Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
                             queue_seconds=u.queue_seconds, engine_seconds=u.engine_seconds,
-                            total_seconds=u.total_seconds),
+                            total_seconds=u.total_seconds, cached_prompt_tokens=u.cached_prompt_tokens),
             raw=r.raw if return_raw else "",
             hallucinated=len(r.hallucinated),
         )
@@ -268,29 +378,47 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
     async def Evaluate(self, request_iterator: AsyncIterator[spb.EvaluateRequest],  # noqa: N802
                        context: grpc.aio.ServicerContext, rec: RpcRecorder) -> AsyncIterator[spb.EvaluateResponse]:
         ex = self._extractor()
-        stream = aiter(request_iterator)
-        first = await anext(stream, None)
-        received = time.perf_counter()  # the clock of every elapsed_seconds of the call
-        if first is None or first.WhichOneof("kind") != "config":
-            raise InputError("the first Evaluate message must carry the config")
-        config = first.config
-        plan = self._evaluation_plan(config, ex)
-        source = config.WhichOneof("source")
-        if source == "dataset":
-            dataset = await self._dataset_examples(config.dataset, stream, plan)
-            checked = [plan.check(i, e, ex) for i, e in enumerate(dataset)]  # all valid before any is scored
-            examples: AsyncIterator[tuple[Example, int]] = _aiter(checked)
-            total: int | None = len(checked)
-        elif source == "inline_examples":
-            expected = config.inline_examples.expected_examples
-            if expected < 0:
-                raise InputError("inline_examples.expected_examples must not be negative")
-            total = min(expected, plan.limit or expected) or None
-            examples = self._inline_examples(stream, plan, ex)
-        else:
-            raise InputError("config.source is required: inline_examples or dataset")
-        async for response in self._score(ex, plan, examples, total, received, rec):
-            yield response
+        self._check_deadline(context)
+        with self._evaluation_slot():
+            stream = aiter(request_iterator)
+            first = await self._next_message(stream, context)
+            received = time.perf_counter()  # the clock of every elapsed_seconds of the call
+            if first is None or first.WhichOneof("kind") != "config":
+                raise InputError("the first Evaluate message must carry the config")
+            config = first.config
+            plan = self._evaluation_plan(config, ex)
+            source = config.WhichOneof("source")
+            if source == "dataset":
+                checked = await self._dataset_examples(config.dataset, stream, plan, ex, context)
+                total: int | None = len(checked)
+                examples: AsyncIterator[tuple[Example, int]] = _drain(checked)
+            elif source == "inline_examples":
+                expected = config.inline_examples.expected_examples
+                if expected < 0:
+                    raise InputError("inline_examples.expected_examples must not be negative")
+                total = min(expected, plan.limit or expected) or None
+                examples = self._inline_examples(stream, plan, ex, context)
+            else:
+                raise InputError("config.source is required: inline_examples or dataset")
+            async for response in self._score(ex, plan, examples, total, received, rec):
+                yield response
+
+    async def _next_message(self, stream: AsyncIterator[spb.EvaluateRequest],
+                            context: grpc.aio.ServicerContext) -> spb.EvaluateRequest | None:
+        """The next message of an Evaluate stream (None once the client has half-closed it), waited for at most
+        ``eval_idle_seconds`` and not past the client's deadline."""
+        idle = self.cfg.eval_idle_seconds or None
+        remaining = context.time_remaining()
+        limits = [t for t in (idle, remaining) if t is not None]
+        try:
+            async with asyncio.timeout(min(limits) if limits else None):
+                return await anext(stream, None)
+        except TimeoutError:
+            if idle is None or (remaining is not None and remaining <= idle):
+                raise DeadlineExpired("the deadline expired while the server waited for the next Evaluate message"
+                                      ) from None
+            raise DeadlineExpired(f"no Evaluate message arrived for {idle:g} s (the server's eval_idle_seconds);"
+                                  " the call was ended") from None
 
     def _evaluation_plan(self, config: spb.EvaluateConfig, ex: Extractor) -> _EvalPlan:
         if config.limit < 0:
@@ -303,25 +431,45 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
                          cap=cap, include_errors=config.include_errors)
 
     async def _dataset_examples(self, dataset: spb.DatasetSource, stream: AsyncIterator[spb.EvaluateRequest],
-                                plan: _EvalPlan) -> list[Example]:
-        path = self._allowed_path(dataset.path)
-        examples = await asyncio.to_thread(_read_server_dataset, path, _FORMATS.get(dataset.format, "auto"),
-                                           dataset.scheme)
-        if await anext(stream, None) is not None:
-            raise InputError("a dataset evaluation takes no streamed examples")
-        examples = examples[:plan.limit] if plan.limit else examples
-        if plan.cap is not None and len(examples) > plan.cap:
-            raise InputError(f"the dataset has {len(examples)} examples to score; the limit is {plan.cap} per call"
-                             " (pass a smaller limit)")
-        return examples
+                                plan: _EvalPlan, ex: Extractor,
+                                context: grpc.aio.ServicerContext) -> deque[tuple[Example, int]]:
+        """The examples of a server-side dataset, each checked, all before the first is scored.
 
-    @staticmethod
-    async def _inline_examples(stream: AsyncIterator[spb.EvaluateRequest], plan: _EvalPlan,
-                               ex: Extractor) -> AsyncIterator[tuple[Example, int]]:
-        """The streamed examples, each checked as it arrives; reading stops after ``limit`` examples."""
+        The file is read a chunk at a time in a worker thread, and no further than ``limit`` examples, or one
+        example beyond the server's cap (then the call fails): memory is bounded by what will be scored.
+        """
+        path = self._allowed_path(dataset.path)
+        bounds = [n for n in (plan.limit, None if plan.cap is None else plan.cap + 1) if n is not None]
+        wanted = min(bounds) if bounds else None
+        reader = _read_server_dataset(path, _FORMATS.get(dataset.format, "auto"), dataset.scheme,
+                                      self.cfg.eval_dataset_roots)
+        checked: deque[tuple[Example, int]] = deque()
+        while wanted is None or len(checked) < wanted:
+            n = _READ_CHUNK if wanted is None else min(_READ_CHUNK, wanted - len(checked))
+            chunk, error = await asyncio.to_thread(_take, reader, n)
+            for example in chunk:
+                checked.append(plan.check(len(checked), example, ex))
+                if len(checked) % _CHECK_STEP == 0:
+                    await asyncio.sleep(0)  # other calls, health checks among them, run between examples
+            if error is not None:
+                raise error  # after the examples before it: problems are reported in file order
+            if len(chunk) < n:
+                break
+        reader.close()  # the rest of the file is not read
+        if await self._next_message(stream, context) is not None:
+            raise InputError("a dataset evaluation takes no streamed examples")
+        if plan.cap is not None and len(checked) > plan.cap:
+            raise InputError(f"the dataset has more than {plan.cap} examples to score; the limit is {plan.cap} per"
+                             " call (pass a smaller limit)")
+        return checked
+
+    async def _inline_examples(self, stream: AsyncIterator[spb.EvaluateRequest], plan: _EvalPlan, ex: Extractor,
+                               context: grpc.aio.ServicerContext) -> AsyncIterator[tuple[Example, int]]:
+        """The streamed examples, each checked as it arrives; reading stops after ``limit`` examples, and the
+        call fails at the first example beyond the server's cap."""
         index = 0
         while plan.limit is None or index < plan.limit:
-            msg = await anext(stream, None)
+            msg = await self._next_message(stream, context)
             if msg is None:
                 return
             if msg.WhichOneof("kind") != "example":
@@ -336,25 +484,31 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
                 raise InputError(f"example {index}: {exc}") from None
             yield plan.check(index, example, ex)
             index += 1
+            if index % _CHECK_STEP == 0:
+                await asyncio.sleep(0)  # messages that were already buffered do not hold the event loop
 
     async def _score(self, ex: Extractor, plan: _EvalPlan, source: AsyncIterator[tuple[Example, int]],
                      total: int | None, received: float, rec: RpcRecorder) -> AsyncIterator[spb.EvaluateResponse]:
         """Score examples as ``source`` yields them, a window at a time; progress while they finish, then the
-        report. ``total`` is the progress total until ``source`` is exhausted, the count of examples after."""
-        examples: list[Example] = []
-        results: list[ExtractionResult | None] = []
-        ignored = 0
+        report. ``total`` is the progress total until ``source`` is exhausted, the count of examples after.
+
+        Each example is dropped once scored (:class:`RunningScore` keeps its counts, and its mistakes within
+        ``max_report_errors`` and half of ``max_message_bytes``), so memory does not grow with the stream.
+        """
+        score = RunningScore(plan.names, keep_mistakes=plan.include_errors, max_mistakes=self.cfg.max_report_errors,
+                             max_mistake_bytes=self.cfg.max_message_bytes // 2)
+        ignored = count = 0
         events: asyncio.Queue[tuple[str, BaseException | None]] = asyncio.Queue()
-        window = asyncio.Semaphore(max(1, min(self.cfg.engine.max_num_seqs, self.cfg.max_queue // 2)))
-        tasks: list[asyncio.Future] = []
+        window = asyncio.Semaphore(self._evaluation_window())
+        tasks: set[asyncio.Future] = set()
 
         async def one(i: int, example: Example) -> None:
             try:
-                with self._admit(1, force=True):
+                async with self._admit_waiting():
                     r = await ex.extract(example.text, labels=plan.labels, max_entities=plan.max_entities,
                                          request_id=rec.rid)
                 self._record(r)
-                results[i] = r
+                score.add(i, example, r)
                 events.put_nowait(("scored", None))
             except Exception as exc:  # noqa: BLE001 - re-raised by the call's task
                 events.put_nowait(("failed", exc))
@@ -362,15 +516,16 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
                 window.release()
 
         async def feed() -> None:
-            nonlocal ignored
+            nonlocal ignored, count
             try:
                 async for example, dropped in source:
                     await window.acquire()  # not reading while the window is full: flow control for the sender
-                    examples.append(example)
-                    results.append(None)
                     ignored += dropped
-                    rec.fields["examples"] = len(examples)
-                    tasks.append(asyncio.ensure_future(one(len(examples) - 1, example)))
+                    task = asyncio.ensure_future(one(count, example))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    count += 1
+                    rec.fields["examples"] = count
                 events.put_nowait(("read", None))
             except Exception as exc:  # noqa: BLE001 - re-raised by the call's task
                 events.put_nowait(("failed", exc))
@@ -393,7 +548,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
                     raise error
                 if kind == "read":
                     reading = False
-                    total = len(examples)
+                    total = count
                     if not total:
                         raise InputError("no examples to evaluate")
                 else:
@@ -409,16 +564,18 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
                     yield progress(done, total)
         finally:
             feeder.cancel()
-            for t in tasks:
+            for t in list(tasks):
                 t.cancel()
-        scored = [r for r in results if r is not None]
-        yield spb.EvaluateResponse(report=self._report(examples, scored, plan.names, plan.include_errors, ignored,
-                                                       time.perf_counter() - received))
+        yield spb.EvaluateResponse(report=self._report(score, ignored, time.perf_counter() - received))
 
     def _allowed_path(self, raw: str) -> Path:
         """A dataset file inside an allowed folder; a relative path is looked up under each folder in turn."""
         if not raw:
             raise InputError("dataset.path is empty")
+        if "\x00" in raw:
+            raise InputError("dataset.path contains a NUL character")
+        if len(raw) > _MAX_PATH_CHARS:
+            raise InputError(f"dataset.path has {len(raw)} characters; the limit is {_MAX_PATH_CHARS}")
         if not self.cfg.eval_dataset_roots:
             raise Forbidden("this server reads no datasets by path; stream the examples instead")
         roots = [Path(r).resolve() for r in self.cfg.eval_dataset_roots]
@@ -428,28 +585,25 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
         if not inside:
             raise Forbidden("dataset path is outside the folders this server may read")
         for c in inside:
-            if c.is_file():
-                return c
-        raise NotFound(f"no dataset at {raw}")
+            try:
+                if c.is_file():
+                    return c
+            except OSError:  # e.g. a name longer than the file system allows: no such file
+                continue
+        raise NotFound(f"no dataset at {raw[:256]!r}")
 
     @staticmethod
-    def _report(examples: list[Example], results: list[ExtractionResult], labels: tuple[str, ...],
-                include_errors: bool, ignored: int, elapsed: float) -> tpb.ScoreReport:
+    def _report(score: RunningScore, ignored: int, elapsed: float) -> tpb.ScoreReport:
         from nerve.reports import percentiles
 
-        scorer = Scorer(labels=labels)
-        errors = []
-        for i, (gold, r) in enumerate(zip(examples, results, strict=True)):
-            scorer.add(gold.entities, r.entities, parsed=r.parsed, hallucinated=[m.label for m in r.hallucinated])
-            if include_errors:
-                g, p = set(gold.entities), set(r.entities)
-                if g != p or r.hallucinated or not r.parsed:
-                    errors.append(tpb.ExampleError(
-                        index=i, id=gold.id or "", parsed=r.parsed, hallucinated=len(r.hallucinated),
-                        missing=[tpb.Entity(label=e.label, text=e.text, start=e.start, end=e.end) for e in sorted(g - p)],
-                        spurious=[tpb.Entity(label=e.label, text=e.text, start=e.start, end=e.end) for e in sorted(p - g)]))
-        rep = scorer.report()
-        lat = [r.usage.total_seconds for r in results]
+        def entity(e: Entity) -> tpb.Entity:
+            return tpb.Entity(label=e.label, text=e.text, start=e.start, end=e.end)
+
+        errors = [tpb.ExampleError(index=m.index, id=m.id or "", parsed=m.parsed, hallucinated=m.hallucinated,
+                                   missing=[entity(e) for e in m.missing], spurious=[entity(e) for e in m.spurious])
+                  for m in score.mistakes]
+        rep = score.scorer.report()
+        lat = score.latencies
         pct = percentiles(lat, (50, 90, 99))
 
         def ls(name: str, s: LabelScore) -> tpb.LabelScore:
@@ -462,8 +616,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
             examples=rep.examples,
             latency=tpb.LatencySummary(p50_seconds=pct["p50"], p90_seconds=pct["p90"], p99_seconds=pct["p99"],
                                        mean_seconds=sum(lat) / len(lat) if lat else 0.0),
-            errors=errors, gold=rep.gold, predicted=rep.predicted, hallucinated=rep.hallucinated,
-            unknown_labels=list(rep.unknown_labels), elapsed_seconds=elapsed,
-            prompt_tokens=sum(r.usage.prompt_tokens for r in results),
-            completion_tokens=sum(r.usage.completion_tokens for r in results), ignored_gold=ignored,
+            errors=errors, errors_omitted=score.mistakes_left_out, gold=rep.gold, predicted=rep.predicted,
+            hallucinated=rep.hallucinated, unknown_labels=list(rep.unknown_labels), elapsed_seconds=elapsed,
+            prompt_tokens=score.prompt_tokens, completion_tokens=score.completion_tokens, ignored_gold=ignored,
         )

@@ -47,6 +47,19 @@ def test_extract_and_usage_and_request_id(start_server) -> None:
     assert len(generated) == 32
 
 
+def test_cached_prompt_tokens_are_reported_and_counted(start_server, tiny_engine) -> None:
+    r = start_server()
+    text = "温格的球队终于又踢了一场经典的比赛，2比1战胜曼联之后"
+    first = r.stub.Extract(spb.ExtractRequest(text=text), timeout=60).usage
+    again = r.stub.Extract(spb.ExtractRequest(text=text), timeout=60).usage
+    block = tiny_engine._llm.vllm_config.cache_config.block_size
+    # The same prompt again: every whole block of it comes from the prefix cache.
+    assert again.cached_prompt_tokens == (again.prompt_tokens - 1) // block * block > 0  # the last token is always computed
+    assert first.cached_prompt_tokens % block == 0
+    counted = r.server.metrics.cached_prompt_tokens._value.get()
+    assert counted == first.cached_prompt_tokens + again.cached_prompt_tokens
+
+
 def test_extract_batch_keeps_input_order(start_server) -> None:
     r = start_server()
     texts = ["Peter Blackburn", "彭小军认为，国内银行现在走的是台湾的发卡模式", "x", "EU rejects German call ."]

@@ -9,6 +9,9 @@ no id get ``<file name>:<index>`` (0-based).
 
 Nothing is misread in silence: a JSON record field the reader does not understand is an error, and so is a
 file in which no example has an entity (:class:`NoEntitiesError`), unless it is read with ``allow_empty=True``.
+
+:func:`iter_dataset` yields the same examples one at a time, reading the file only as far as they need, so
+that a consumer taking the first ``n`` examples of a large file holds neither the file nor the rest of them.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -24,51 +27,57 @@ from typing import Any
 
 from ..types import Example
 from ._fields import ANNOTATION_FIELDS, COMMON_FIELDS, describe_annotation_fields, quoted
-from ._io import iter_json_records, iter_lines, read_text
-from .bmes import parse_bmes_line, read_bmes, write_bmes
-from .cluener import read_cluener, write_cluener
-from .conll import DOCSTART, SCHEMES, entities_to_tags, read_conll, tags_to_spans, token_offsets, write_conll
+from ._io import iter_file_lines, iter_json_values, iter_lines
+from .bmes import iter_bmes, parse_bmes_line, read_bmes, write_bmes
+from .cluener import iter_cluener, read_cluener, write_cluener
+from .conll import DOCSTART, SCHEMES, entities_to_tags, iter_conll, read_conll, tags_to_spans, token_offsets, write_conll
 from .errors import DatasetFormatError, NoEntitiesError
-from .jsonl import read_jsonl, write_jsonl
-from .prodigy import read_prodigy, write_prodigy
+from .jsonl import iter_jsonl, read_jsonl, write_jsonl
+from .prodigy import iter_prodigy, read_prodigy, write_prodigy
 
 __all__ = [
     "FORMATS", "SCHEMES", "DatasetFormat", "DatasetFormatError", "NoEntitiesError", "dataset_stats",
-    "detect_format", "entities_to_tags", "read_dataset", "tags_to_spans", "token_offsets", "write_dataset",
+    "detect_format", "entities_to_tags", "iter_dataset", "read_dataset", "tags_to_spans", "token_offsets",
+    "write_dataset",
 ]
 
 
 @dataclass(frozen=True, slots=True)
 class DatasetFormat:
-    """A supported file format: its reader, writer and a one-line description."""
+    """A supported file format: its reader, writer, a one-line description and its lazy reader."""
 
     name: str
     read: Callable[..., list[Example]]
     write: Callable[..., None]
     description: str
+    iterate: Callable[..., Iterator[Example]]
+    """The examples of ``read``, one at a time, reading the file as they need it."""
 
 
 FORMATS: Mapping[str, DatasetFormat] = MappingProxyType(
     {
         "cluener": DatasetFormat(
             "cluener", read_cluener, write_cluener,
-            'CLUENER2020 JSON Lines {"text", "label": {type: {surface: [[start, end_inclusive]]}}}',
+            'CLUENER2020 JSON Lines {"text", "label": {type: {surface: [[start, end_inclusive]]}}}', iter_cluener,
         ),
         "conll": DatasetFormat(
             "conll", read_conll, write_conll,
-            "CoNLL columns (token first, tag last), iob1/iob2/bioes; options: scheme",
+            "CoNLL columns (token first, tag last), iob1/iob2/bioes; options: scheme", iter_conll,
         ),
-        "bmes": DatasetFormat("bmes", read_bmes, write_bmes, "character-level 'char TAG' lines, B/M/E/S/O tags"),
+        "bmes": DatasetFormat(
+            "bmes", read_bmes, write_bmes, "character-level 'char TAG' lines, B/M/E/S/O tags", iter_bmes,
+        ),
         "jsonl": DatasetFormat(
-            "jsonl", read_jsonl, write_jsonl, 'nerve JSONL {"id"?, "text", "entities": [{label, text, start, end}]}'
+            "jsonl", read_jsonl, write_jsonl, 'nerve JSONL {"id"?, "text", "entities": [{label, text, start, end}]}',
+            iter_jsonl,
         ),
         "prodigy": DatasetFormat(
             "prodigy", read_prodigy, write_prodigy,
-            'Prodigy/spaCy JSONL {"text", "spans": [{start, end, label}]}; rejected answers skipped',
+            'Prodigy/spaCy JSONL {"text", "spans": [{start, end, label}]}; rejected answers skipped', iter_prodigy,
         ),
     }
 )
-"""Supported formats by name (``"auto"`` is accepted by :func:`read_dataset` only)."""
+"""Supported formats by name (``"auto"`` is accepted by :func:`read_dataset` and :func:`iter_dataset` only)."""
 
 _JSON_SUFFIXES = {".json", ".jsonl", ".ndjson"}
 _SNIFF_LINES = 2000
@@ -87,16 +96,21 @@ def detect_format(path: str | os.PathLike[str], text: str | None = None) -> str:
 
     Other files are column files: ``bmes`` when nearly all first columns are single characters and there is
     no ``-DOCSTART-``, else ``conll``. An empty file is ``jsonl``.
+
+    Without ``text`` the file is read a line at a time, as far as the decision needs (a column file to its end,
+    for the ``-DOCSTART-`` check).
     """
-    if text is None:
-        text = read_text(path)
-    if Path(path).suffix.lower() in _JSON_SUFFIXES or _starts_with_json_object(text):
-        return _detect_json_format(path, text)
-    return _sniff_columns(text)
+
+    def lines() -> Iterator[tuple[int, str]]:
+        return iter_file_lines(path) if text is None else iter_lines(text)
+
+    if Path(path).suffix.lower() in _JSON_SUFFIXES or _starts_with_json_object(lines()):
+        return _detect_json_format(path, lines())
+    return _sniff_columns(lines())
 
 
-def _starts_with_json_object(text: str) -> bool:
-    first = next((line for _, line in iter_lines(text) if line.strip()), "")
+def _starts_with_json_object(lines: Iterable[tuple[int, str]]) -> bool:
+    first = next((line for _, line in lines if line.strip()), "")
     if not first.lstrip().startswith("{"):
         return False
     try:
@@ -105,9 +119,9 @@ def _starts_with_json_object(text: str) -> bool:
         return False
 
 
-def _detect_json_format(path: str | os.PathLike[str], text: str) -> str:
+def _detect_json_format(path: str | os.PathLike[str], lines: Iterable[tuple[int, str]]) -> str:
     fmt = "jsonl"  # an empty file
-    for n, (line, record) in enumerate(iter_json_records(path, text)):
+    for n, (line, record) in enumerate(iter_json_values(path, lines)):
         if not isinstance(record, dict):
             raise DatasetFormatError(path, line, f"expected a JSON object, got {type(record).__name__}")
         found = [f for f in record if f in ANNOTATION_FIELDS]
@@ -130,9 +144,9 @@ def _detect_json_format(path: str | os.PathLike[str], text: str) -> str:
     return fmt
 
 
-def _sniff_columns(text: str) -> str:
+def _sniff_columns(lines: Iterable[tuple[int, str]]) -> str:
     single = total = 0
-    for _, line in iter_lines(text):
+    for _, line in lines:
         if not line.strip():
             continue
         if line.split(maxsplit=1)[0] == DOCSTART:
@@ -166,12 +180,27 @@ def read_dataset(
     format, and a model trained on it learns to find nothing. ``opts`` go to the format's reader (e.g.
     ``scheme="iob1"`` for ``conll``).
     """
+    return list(iter_dataset(path, format, allow_empty=allow_empty, **opts))
+
+
+def iter_dataset(
+    path: str | os.PathLike[str], format: str = "auto", *, allow_empty: bool = False, **opts: Any
+) -> Iterator[Example]:
+    """The examples of :func:`read_dataset`, one at a time: the file is read only as far as the examples taken
+    need (after :func:`detect_format`, for ``"auto"``).
+
+    The same errors are raised, each when the reading reaches it; :class:`NoEntitiesError` after the last
+    example, so a consumer that stops early is not told that the examples it took have no entity.
+    """
     if format == "auto":
         format = detect_format(path)
-    examples = _format(format).read(path, **opts)
-    if not allow_empty and not any(ex.entities for ex in examples):
-        raise NoEntitiesError(path, len(examples), format)
-    return examples
+    count, labelled = 0, False
+    for example in _format(format).iterate(path, **opts):
+        count += 1
+        labelled = labelled or bool(example.entities)
+        yield example
+    if not allow_empty and not labelled:
+        raise NoEntitiesError(path, count, format)
 
 
 def write_dataset(examples: Iterable[Example], path: str | os.PathLike[str], format: str, **opts: Any) -> None:

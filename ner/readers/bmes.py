@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from ..types import Example
-from ._io import default_id, iter_lines, read_text, write_lines
+from ._io import default_id, iter_file_lines, write_lines
 from .conll import Tag, entities_to_spans, sentence_example, token_offsets
 from .errors import DatasetFormatError
 
@@ -42,19 +42,19 @@ def parse_bmes_line(line: str) -> tuple[str, str]:
 
 def read_bmes(path: str | os.PathLike[str]) -> list[Example]:
     """Read a BMES file; ids are ``<file name>:<sentence index>`` (0-based)."""
-    examples: list[Example] = []
+    return list(iter_bmes(path))
+
+
+def iter_bmes(path: str | os.PathLike[str]) -> Iterator[Example]:
+    """The examples of :func:`read_bmes`, read one sentence at a time."""
+    index = 0
     tokens: list[str] = []
     tags: list[Tag] = []
-
-    def flush() -> None:
-        if tokens:
-            examples.append(sentence_example(tokens, tags, "", default_id(path, len(examples))))
-            tokens.clear()
-            tags.clear()
-
-    for lineno, line in iter_lines(read_text(path)):
+    for lineno, line in iter_file_lines(path):
         if not line.strip():
-            flush()
+            if tokens:
+                yield sentence_example(tokens, tags, "", default_id(path, index))
+                index, tokens, tags = index + 1, [], []
             continue
         try:
             token, tag = parse_bmes_line(line)
@@ -62,8 +62,8 @@ def read_bmes(path: str | os.PathLike[str]) -> list[Example]:
         except ValueError as e:
             raise DatasetFormatError(path, lineno, str(e)) from None
         tokens.append(token)
-    flush()
-    return examples
+    if tokens:
+        yield sentence_example(tokens, tags, "", default_id(path, index))
 
 
 def bmes_tags(example: Example) -> list[str]:

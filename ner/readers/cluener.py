@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..types import Entity, Example
 from ._fields import COMMON_FIELDS, check_fields
-from ._io import default_id, iter_json_records, read_text, write_lines
+from ._io import default_id, iter_file_lines, iter_json_values, write_lines
 from .errors import DatasetFormatError
 
 CLUENER_FIELDS = (*COMMON_FIELDS, "label")
@@ -22,11 +22,13 @@ CLUENER_FIELDS = (*COMMON_FIELDS, "label")
 
 def read_cluener(path: str | os.PathLike[str]) -> list[Example]:
     """Read a CLUENER file; every span is checked against its surface (``text[s:e+1] == surface``)."""
-    text = read_text(path)
-    return [
-        cluener_record_to_example(obj, path, line, index)
-        for index, (line, obj) in enumerate(iter_json_records(path, text))
-    ]
+    return list(iter_cluener(path))
+
+
+def iter_cluener(path: str | os.PathLike[str]) -> Iterator[Example]:
+    """The examples of :func:`read_cluener`, read one record at a time."""
+    for index, (line, obj) in enumerate(iter_json_values(path, iter_file_lines(path))):
+        yield cluener_record_to_example(obj, path, line, index)
 
 
 def _is_int(v: Any) -> bool:

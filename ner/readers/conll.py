@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from ..types import Entity, Example
-from ._io import default_id, iter_lines, read_text, write_lines
+from ._io import default_id, iter_file_lines, write_lines
 from .errors import DatasetFormatError
 
 SCHEMES: tuple[str, ...] = ("iob1", "iob2", "bioes")
@@ -177,15 +177,14 @@ class _Sentence:
     tags: list[Tag] = field(default_factory=list)
 
 
-def _parse_sentences(path: str | os.PathLike[str], text: str, scheme: str) -> list[_Sentence]:
+def _parse_sentences(path: str | os.PathLike[str], scheme: str) -> Iterator[_Sentence]:
     prefixes = "BIES" if scheme in ("auto", "bioes") else "BI"
-    sentences: list[_Sentence] = []
     current: _Sentence | None = None
-    for lineno, line in iter_lines(text):
+    for lineno, line in iter_file_lines(path):
         cols = line.split()
         if not cols or cols[0] == DOCSTART:
             if current is not None:
-                sentences.append(current)
+                yield current
                 current = None
             continue
         if len(cols) < 2:
@@ -202,8 +201,7 @@ def _parse_sentences(path: str | os.PathLike[str], text: str, scheme: str) -> li
         current.tokens.append(cols[0])
         current.tags.append(tag)
     if current is not None:
-        sentences.append(current)
-    return sentences
+        yield current
 
 
 def sentence_example(tokens: Sequence[str], tags: Sequence[Tag], sep: str, example_id: str | None) -> Example:
@@ -220,15 +218,22 @@ def sentence_example(tokens: Sequence[str], tags: Sequence[Tag], sep: str, examp
 def read_conll(path: str | os.PathLike[str], scheme: str = "auto") -> list[Example]:
     """Read a CoNLL column file; ids are ``<file name>:<sentence index>`` (0-based)."""
     scheme = normalize_scheme(scheme, allow_auto=True)
-    sentences = _parse_sentences(path, read_text(path), scheme)
-    return [
-        sentence_example(s.tokens, s.tags, " ", default_id(path, i)) for i, s in enumerate(sentences)
-    ]
+    return list(_conll_examples(path, scheme))
+
+
+def iter_conll(path: str | os.PathLike[str], scheme: str = "auto") -> Iterator[Example]:
+    """The examples of :func:`read_conll`, read one sentence at a time (an unknown scheme raises at once)."""
+    return _conll_examples(path, normalize_scheme(scheme, allow_auto=True))
+
+
+def _conll_examples(path: str | os.PathLike[str], scheme: str) -> Iterator[Example]:
+    for i, s in enumerate(_parse_sentences(path, scheme)):
+        yield sentence_example(s.tokens, s.tags, " ", default_id(path, i))
 
 
 def read_conll_scheme(path: str | os.PathLike[str]) -> str:
     """The tagging scheme :func:`detect_scheme` finds in a CoNLL file."""
-    return detect_scheme(s.tags for s in _parse_sentences(path, read_text(path), "auto"))
+    return detect_scheme(s.tags for s in _parse_sentences(path, "auto"))
 
 
 # --- writing -------------------------------------------------------------------------------------------

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..types import Entity, Example
 from ._fields import COMMON_FIELDS, check_fields
-from ._io import iter_json_records, read_text, write_lines
+from ._io import iter_file_lines, iter_json_values, write_lines
 from .cluener import record_id, record_text
 from .errors import DatasetFormatError
 
@@ -22,11 +22,13 @@ JSONL_FIELDS = (*COMMON_FIELDS, "entities")
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[Example]:
     """Read nerve JSONL; every entity's offsets are checked against the text."""
-    text = read_text(path)
-    return [
-        jsonl_record_to_example(obj, path, line, index)
-        for index, (line, obj) in enumerate(iter_json_records(path, text))
-    ]
+    return list(iter_jsonl(path))
+
+
+def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[Example]:
+    """The examples of :func:`read_jsonl`, read one record at a time."""
+    for index, (line, obj) in enumerate(iter_json_values(path, iter_file_lines(path))):
+        yield jsonl_record_to_example(obj, path, line, index)
 
 
 def _is_int(v: Any) -> bool:

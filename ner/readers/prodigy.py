@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..types import Example
 from ._fields import COMMON_FIELDS, check_fields
-from ._io import iter_json_records, read_text, write_lines
+from ._io import iter_file_lines, iter_json_values, write_lines
 from .cluener import record_id, record_text
 from .errors import DatasetFormatError
 from .jsonl import record_entity
@@ -33,13 +33,15 @@ ANSWERS = ("accept", "reject", "ignore")
 def read_prodigy(path: str | os.PathLike[str]) -> list[Example]:
     """Read Prodigy/spaCy JSONL; ids are the records' ``id``, else ``<file name>:<record index>`` (0-based,
     counting skipped records too, so an id always points at its record)."""
-    text = read_text(path)
-    examples = []
-    for index, (line, obj) in enumerate(iter_json_records(path, text)):
+    return list(iter_prodigy(path))
+
+
+def iter_prodigy(path: str | os.PathLike[str]) -> Iterator[Example]:
+    """The examples of :func:`read_prodigy`, read one record at a time."""
+    for index, (line, obj) in enumerate(iter_json_values(path, iter_file_lines(path))):
         example = prodigy_record_to_example(obj, path, line, index)
         if example is not None:
-            examples.append(example)
-    return examples
+            yield example
 
 
 def prodigy_record_to_example(obj: Any, path: str | os.PathLike[str], line: int, index: int) -> Example | None:

@@ -207,7 +207,7 @@ def _entities(ms: Sequence[tpb.Entity]) -> tuple[Entity, ...]:
 def usage_from_proto(m: tpb.Usage) -> Usage:
     return Usage(
         prompt_tokens=m.prompt_tokens, completion_tokens=m.completion_tokens, queue_seconds=m.queue_seconds,
-        engine_seconds=m.engine_seconds, total_seconds=m.total_seconds,
+        engine_seconds=m.engine_seconds, total_seconds=m.total_seconds, cached_prompt_tokens=m.cached_prompt_tokens,
     )
 
 
@@ -264,6 +264,7 @@ def report_from_proto(m: tpb.ScoreReport, request_id: str | None) -> EvalReport:
         completion_tokens=m.completion_tokens,
         request_id=request_id,
         ignored_gold=m.ignored_gold,
+        errors_omitted=m.errors_omitted,
     )
 
 

@@ -45,15 +45,28 @@ _MAX_REQUEST_ID = 128
 ProgressCallback = Callable[[EvalProgress], Any]
 
 
-def _channel_credentials(tls: bool | str | os.PathLike[str] | bytes) -> grpc.ChannelCredentials | None:
+Pem = str | os.PathLike[str] | bytes
+"""A PEM file's path, or its bytes."""
+
+
+def _pem(value: Pem | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    with open(value, "rb") as f:
+        return f.read()
+
+
+def _channel_credentials(tls: bool | Pem, client_cert: Pem | None = None,
+                         client_key: Pem | None = None) -> grpc.ChannelCredentials | None:
+    if (client_cert is None) != (client_key is None):
+        raise ValueError("client_cert and client_key must be given together")
     if tls is False or tls is None:
+        if client_cert is not None:
+            raise ValueError("client_cert needs TLS: pass tls=True or the server's root certificates")
         return None
-    if tls is True:
-        return grpc.ssl_channel_credentials()
-    if isinstance(tls, bytes):
-        return grpc.ssl_channel_credentials(root_certificates=tls)
-    with open(tls, "rb") as f:
-        return grpc.ssl_channel_credentials(root_certificates=f.read())
+    roots = None if tls is True else _pem(tls)
+    return grpc.ssl_channel_credentials(root_certificates=roots, private_key=_pem(client_key),
+                                        certificate_chain=_pem(client_cert))
 
 
 def _channel_options(options: Sequence[tuple[str, Any]] | dict[str, Any]) -> list[tuple[str, Any]]:
@@ -76,10 +89,12 @@ class _Settings:
         retries: int,
         backoff: float,
         max_backoff: float,
-        tls: bool | str | os.PathLike[str] | bytes,
+        tls: bool | Pem,
         token: str | None,
         metadata: Sequence[tuple[str, str]],
         options: Sequence[tuple[str, Any]] | dict[str, Any],
+        client_cert: Pem | None = None,
+        client_key: Pem | None = None,
     ) -> None:
         if not target or not isinstance(target, str):
             raise ValueError("target must be a 'host:port' string")
@@ -94,7 +109,7 @@ class _Settings:
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
-        self.credentials = _channel_credentials(tls)
+        self.credentials = _channel_credentials(tls, client_cert, client_key)
         self.options = _channel_options(options)
         static = [(k.lower(), v) for k, v in metadata]
         if token:
@@ -166,6 +181,8 @@ class Client:
         max_backoff: Upper bound of one wait.
         tls: ``False`` for plaintext, ``True`` for TLS with the system's roots, or a root certificates PEM path
             (or the PEM bytes).
+        client_cert, client_key: The client's certificate chain and private key (PEM paths or bytes), for a
+            server that requires client certificates (mutual TLS, its ``tls_client_ca``). Need ``tls``.
         token: Bearer token sent as ``authorization: Bearer <token>`` (use TLS beyond localhost).
         metadata: Extra metadata sent with every call, as ``(key, value)`` pairs.
         options: gRPC channel options (``[("grpc.keepalive_time_ms", 30000)]``), overriding the defaults
@@ -181,15 +198,17 @@ class Client:
         retries: int = 3,
         backoff: float = 0.2,
         max_backoff: float = 5.0,
-        tls: bool | str | os.PathLike[str] | bytes = False,
+        tls: bool | Pem = False,
         token: str | None = None,
         metadata: Sequence[tuple[str, str]] = (),
         options: Sequence[tuple[str, Any]] | dict[str, Any] = (),
         interceptors: Sequence[Any] = (),
+        client_cert: Pem | None = None,
+        client_key: Pem | None = None,
     ) -> None:
         self._s = _Settings(
             target, timeout=timeout, retries=retries, backoff=backoff, max_backoff=max_backoff, tls=tls,
-            token=token, metadata=metadata, options=options,
+            token=token, metadata=metadata, options=options, client_cert=client_cert, client_key=client_key,
         )
         if self._s.credentials is None:
             channel = grpc.insecure_channel(target, options=self._s.options)
@@ -419,15 +438,17 @@ class AsyncClient:
         retries: int = 3,
         backoff: float = 0.2,
         max_backoff: float = 5.0,
-        tls: bool | str | os.PathLike[str] | bytes = False,
+        tls: bool | Pem = False,
         token: str | None = None,
         metadata: Sequence[tuple[str, str]] = (),
         options: Sequence[tuple[str, Any]] | dict[str, Any] = (),
         interceptors: Sequence[Any] = (),
+        client_cert: Pem | None = None,
+        client_key: Pem | None = None,
     ) -> None:
         self._s = _Settings(
             target, timeout=timeout, retries=retries, backoff=backoff, max_backoff=max_backoff, tls=tls,
-            token=token, metadata=metadata, options=options,
+            token=token, metadata=metadata, options=options, client_cert=client_cert, client_key=client_key,
         )
         self._interceptors = list(interceptors) or None
         self._channel: grpc.aio.Channel | None = None

@@ -45,6 +45,8 @@ class Usage:
     """In the engine (prefill and decoding)."""
     total_seconds: float = 0.0
     """Server receipt to result ready (for a batch item: from the batch's arrival)."""
+    cached_prompt_tokens: int = 0
+    """Prompt tokens the server took from its prefix cache instead of computing them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +150,7 @@ class EvalReport:
     examples: int
     latency: LatencySummary
     errors: tuple[ExampleError, ...] = ()
-    """Per-example mistakes (only with ``include_errors=True``)."""
+    """Per-example mistakes (only with ``include_errors=True``) of the first examples (see ``errors_omitted``)."""
     gold: int = 0
     predicted: int = 0
     hallucinated: int = 0
@@ -161,6 +163,8 @@ class EvalReport:
     request_id: str | None = None
     ignored_gold: int = 0
     """Gold entities left out of scoring: their card label is outside the ``labels`` the run asked for."""
+    errors_omitted: int = 0
+    """Examples with mistakes that ``errors`` leaves out (the server bounds the list in number and size)."""
 
     @property
     def f1(self) -> float:

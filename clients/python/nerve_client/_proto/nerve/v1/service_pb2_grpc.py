@@ -96,13 +96,20 @@ class NerveServiceServicer(object):
         The server scores inline examples as they arrive (at most a window of them at a time, so gRPC flow
         control slows a fast sender down) and checks each one when it arrives: an invalid example fails the call
         with INVALID_ARGUMENT naming its index, and nothing of what was scored before it is reported. A dataset is
-        read and checked as a whole before the first example is scored.
+        read as far as `limit` (and one example beyond Limits.max_evaluate_examples) and checked, example by
+        example, before the first example is scored.
+
+        A server runs a bounded number of evaluations at once, each with a window of texts in the same queue as
+        Extract: a call beyond that number, or arriving while the queue is full, gets RESOURCE_EXHAUSTED; once
+        started, an evaluation waits for room in the queue instead. A client that sends nothing for the server's
+        idle limit (while the server waits for its next message) gets DEADLINE_EXCEEDED.
 
         Errors: INVALID_ARGUMENT (first message is not a config, an example where none is expected, an invalid
         example or option, a text beyond the limits, more examples than Limits.max_evaluate_examples),
         NOT_FOUND (no such dataset), PERMISSION_DENIED (dataset path outside the directories the operator
         allowed, or server-side datasets disabled), FAILED_PRECONDITION (the dataset file is malformed),
-        plus UNAUTHENTICATED, RESOURCE_EXHAUSTED, UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, INTERNAL as for
+        RESOURCE_EXHAUSTED (too many evaluations at once, or the queue is full), DEADLINE_EXCEEDED (the client's
+        deadline, or the stream idle too long), plus UNAUTHENTICATED, UNAVAILABLE, CANCELLED, INTERNAL as for
         Extract.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -18,18 +18,20 @@ class Entity(_message.Message):
     def __init__(self, label: _Optional[str] = ..., text: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("prompt_tokens", "completion_tokens", "queue_seconds", "engine_seconds", "total_seconds")
+    __slots__ = ("prompt_tokens", "completion_tokens", "queue_seconds", "engine_seconds", "total_seconds", "cached_prompt_tokens")
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ENGINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     prompt_tokens: int
     completion_tokens: int
     queue_seconds: float
     engine_seconds: float
     total_seconds: float
-    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., queue_seconds: _Optional[float] = ..., engine_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ...) -> None: ...
+    cached_prompt_tokens: int
+    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., queue_seconds: _Optional[float] = ..., engine_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ..., cached_prompt_tokens: _Optional[int] = ...) -> None: ...
 
 class ExtractResult(_message.Message):
     __slots__ = ("entities", "usage", "raw", "hallucinated")
@@ -176,7 +178,7 @@ class ExampleError(_message.Message):
     def __init__(self, index: _Optional[int] = ..., id: _Optional[str] = ..., missing: _Optional[_Iterable[_Union[Entity, _Mapping]]] = ..., spurious: _Optional[_Iterable[_Union[Entity, _Mapping]]] = ..., hallucinated: _Optional[int] = ..., parsed: bool = ...) -> None: ...
 
 class ScoreReport(_message.Message):
-    __slots__ = ("labels", "micro", "macro", "exact_match", "parse_rate", "hallucination_rate", "examples", "latency", "errors", "gold", "predicted", "hallucinated", "unknown_labels", "elapsed_seconds", "prompt_tokens", "completion_tokens", "ignored_gold")
+    __slots__ = ("labels", "micro", "macro", "exact_match", "parse_rate", "hallucination_rate", "examples", "latency", "errors", "gold", "predicted", "hallucinated", "unknown_labels", "elapsed_seconds", "prompt_tokens", "completion_tokens", "ignored_gold", "errors_omitted")
     LABELS_FIELD_NUMBER: _ClassVar[int]
     MICRO_FIELD_NUMBER: _ClassVar[int]
     MACRO_FIELD_NUMBER: _ClassVar[int]
@@ -194,6 +196,7 @@ class ScoreReport(_message.Message):
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     IGNORED_GOLD_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_OMITTED_FIELD_NUMBER: _ClassVar[int]
     labels: _containers.RepeatedCompositeFieldContainer[LabelScore]
     micro: LabelScore
     macro: LabelScore
@@ -211,4 +214,5 @@ class ScoreReport(_message.Message):
     prompt_tokens: int
     completion_tokens: int
     ignored_gold: int
-    def __init__(self, labels: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., micro: _Optional[_Union[LabelScore, _Mapping]] = ..., macro: _Optional[_Union[LabelScore, _Mapping]] = ..., exact_match: _Optional[float] = ..., parse_rate: _Optional[float] = ..., hallucination_rate: _Optional[float] = ..., examples: _Optional[int] = ..., latency: _Optional[_Union[LatencySummary, _Mapping]] = ..., errors: _Optional[_Iterable[_Union[ExampleError, _Mapping]]] = ..., gold: _Optional[int] = ..., predicted: _Optional[int] = ..., hallucinated: _Optional[int] = ..., unknown_labels: _Optional[_Iterable[str]] = ..., elapsed_seconds: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., ignored_gold: _Optional[int] = ...) -> None: ...
+    errors_omitted: int
+    def __init__(self, labels: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., micro: _Optional[_Union[LabelScore, _Mapping]] = ..., macro: _Optional[_Union[LabelScore, _Mapping]] = ..., exact_match: _Optional[float] = ..., parse_rate: _Optional[float] = ..., hallucination_rate: _Optional[float] = ..., examples: _Optional[int] = ..., latency: _Optional[_Union[LatencySummary, _Mapping]] = ..., errors: _Optional[_Iterable[_Union[ExampleError, _Mapping]]] = ..., gold: _Optional[int] = ..., predicted: _Optional[int] = ..., hallucinated: _Optional[int] = ..., unknown_labels: _Optional[_Iterable[str]] = ..., elapsed_seconds: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., ignored_gold: _Optional[int] = ..., errors_omitted: _Optional[int] = ...) -> None: ...
