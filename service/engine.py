@@ -65,8 +65,9 @@ class EngineConfig:
                 "128, which reuses none of a short prompt's instructions), vLLM's on CUDA (16)."})
     speculative_tokens: int = field(default=0, metadata={
         "help": "Prompt-lookup (n-gram) speculative decoding: tokens drafted per step by matching the last generated "
-                "n-gram in the prompt (an NER answer copies spans of the input); verified in one forward pass, so "
-                "greedy answers stay the same. 0 disables (bench/reports/ngram.md has the measured effect)."})
+                "n-gram in the prompt (an NER answer copies spans of the input) and verified in one forward pass. "
+                "Faster, but in bf16 a few answers differ from plain greedy decoding through rounding; 0 (the "
+                "default) disables it. bench/reports/ngram.md has the measured effect."})
     ngram_max: int = field(default=4, metadata={
         "help": "Speculative decoding: longest n-gram looked up in the prompt (the shortest is 1)."})
     cpu_grammar_mask: str = field(default="nerve", metadata={
