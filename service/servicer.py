@@ -69,16 +69,17 @@ class _EvalPlan:
     """The server's most examples per call (None: no limit)."""
     include_errors: bool
 
-    def check(self, index: int, example: Example, ex: ExtractorBase) -> tuple[Example, int]:
-        """The example ready to score, with the number of its gold entities ignored (labels left out)."""
+    def check(self, index: int, example: Example, ex: ExtractorBase) -> tuple[Example, int, Any]:
+        """The example ready to score, the number of its gold entities ignored (labels left out), and what
+        ``ex.prepare`` made of it (for ``ex.extract``, so that it is not prepared again)."""
         try:
-            ex.prepare(example.text, self.labels, self.max_entities)
+            prepared = ex.prepare(example.text, self.labels, self.max_entities)
         except InputError as exc:
             raise InputError(f"example {index}: {exc}") from None
         ignored = {g.key for g in example.entities if g.label in self.left_out}
         if ignored:
             example = replace(example, entities=[g for g in example.entities if g.label not in self.left_out])
-        return example, len(ignored)
+        return example, len(ignored), prepared
 
 
 _READ_CHUNK = 256
@@ -305,11 +306,12 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
         ex = self._extractor()
         max_entities = self._max_entities(request.max_entities, ex)
         labels = ex.labels_for(request.labels or None, dict(request.label_descriptions))
-        ex.prepare(request.text, labels, max_entities)  # validate before queueing
+        prepared = ex.prepare(request.text, labels, max_entities)  # validate before queueing
         self._check_deadline(context)
         with self._admit(1):
             self.metrics.batch_texts.labels("Extract").observe(1)
-            r = await ex.extract(request.text, labels=labels, max_entities=max_entities, request_id=rec.rid)
+            r = await ex.extract(request.text, labels=labels, max_entities=max_entities, request_id=rec.rid,
+                                 prepared=prepared)
         self._record(r)
         rec.fields.update(chars=len(request.text), entities=len(r.entities), tokens=r.usage.completion_tokens)
         res = self._result_pb(r, request.return_raw)
@@ -331,15 +333,16 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
             raise InputError(f"{size} bytes of text; the limit is {self.cfg.max_batch_bytes} per call")
         max_entities = self._max_entities(request.max_entities, ex)
         labels = ex.labels_for(request.labels or None, dict(request.label_descriptions))
+        prepared = []
         for i, t in enumerate(texts):
             try:
-                ex.prepare(t, labels, max_entities)
+                prepared.append(ex.prepare(t, labels, max_entities))
             except InputError as exc:
                 raise InputError(f"texts[{i}]: {exc}") from None
         self._check_deadline(context)
         with self._admit(len(texts)):
             self.metrics.batch_texts.labels("ExtractBatch").observe(len(texts))
-            results = await ex.extract_many(texts, labels=labels, max_entities=max_entities)
+            results = await ex.extract_many(texts, labels=labels, max_entities=max_entities, prepared=prepared)
         for r in results:
             self._record(r)
         rec.fields.update(texts=len(texts), entities=sum(len(r.entities) for r in results))
@@ -391,7 +394,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
             if source == "dataset":
                 checked = await self._dataset_examples(config.dataset, stream, plan, ex, context)
                 total: int | None = len(checked)
-                examples: AsyncIterator[tuple[Example, int]] = _drain(checked)
+                examples: AsyncIterator[tuple[Example, int, Any]] = _drain(checked)
             elif source == "inline_examples":
                 expected = config.inline_examples.expected_examples
                 if expected < 0:
@@ -432,7 +435,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
 
     async def _dataset_examples(self, dataset: spb.DatasetSource, stream: AsyncIterator[spb.EvaluateRequest],
                                 plan: _EvalPlan, ex: Extractor,
-                                context: grpc.aio.ServicerContext) -> deque[tuple[Example, int]]:
+                                context: grpc.aio.ServicerContext) -> deque[tuple[Example, int, Any]]:
         """The examples of a server-side dataset, each checked, all before the first is scored.
 
         The file is read a chunk at a time in a worker thread, and no further than ``limit`` examples, or one
@@ -443,12 +446,15 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
         wanted = min(bounds) if bounds else None
         reader = _read_server_dataset(path, _FORMATS.get(dataset.format, "auto"), dataset.scheme,
                                       self.cfg.eval_dataset_roots)
-        checked: deque[tuple[Example, int]] = deque()
+        checked: deque[tuple[Example, int, Any]] = deque()
         while wanted is None or len(checked) < wanted:
             n = _READ_CHUNK if wanted is None else min(_READ_CHUNK, wanted - len(checked))
             chunk, error = await asyncio.to_thread(_take, reader, n)
             for example in chunk:
-                checked.append(plan.check(len(checked), example, ex))
+                # The whole file is checked before scoring starts; keeping what preparing each example made (token
+                # ids) would hold the whole file's prompts in memory, so those are prepared again when scored.
+                example, dropped, _ = plan.check(len(checked), example, ex)
+                checked.append((example, dropped, None))
                 if len(checked) % _CHECK_STEP == 0:
                     await asyncio.sleep(0)  # other calls, health checks among them, run between examples
             if error is not None:
@@ -464,7 +470,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
         return checked
 
     async def _inline_examples(self, stream: AsyncIterator[spb.EvaluateRequest], plan: _EvalPlan, ex: Extractor,
-                               context: grpc.aio.ServicerContext) -> AsyncIterator[tuple[Example, int]]:
+                               context: grpc.aio.ServicerContext) -> AsyncIterator[tuple[Example, int, Any]]:
         """The streamed examples, each checked as it arrives; reading stops after ``limit`` examples, and the
         call fails at the first example beyond the server's cap."""
         index = 0
@@ -487,7 +493,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
             if index % _CHECK_STEP == 0:
                 await asyncio.sleep(0)  # messages that were already buffered do not hold the event loop
 
-    async def _score(self, ex: Extractor, plan: _EvalPlan, source: AsyncIterator[tuple[Example, int]],
+    async def _score(self, ex: Extractor, plan: _EvalPlan, source: AsyncIterator[tuple[Example, int, Any]],
                      total: int | None, received: float, rec: RpcRecorder) -> AsyncIterator[spb.EvaluateResponse]:
         """Score examples as ``source`` yields them, a window at a time; progress while they finish, then the
         report. ``total`` is the progress total until ``source`` is exhausted, the count of examples after.
@@ -502,11 +508,11 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
         window = asyncio.Semaphore(self._evaluation_window())
         tasks: set[asyncio.Future] = set()
 
-        async def one(i: int, example: Example) -> None:
+        async def one(i: int, example: Example, prepared: Any) -> None:
             try:
                 async with self._admit_waiting():
                     r = await ex.extract(example.text, labels=plan.labels, max_entities=plan.max_entities,
-                                         request_id=rec.rid)
+                                         request_id=rec.rid, prepared=prepared)
                 self._record(r)
                 score.add(i, example, r)
                 events.put_nowait(("scored", None))
@@ -518,10 +524,10 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
         async def feed() -> None:
             nonlocal ignored, count
             try:
-                async for example, dropped in source:
+                async for example, dropped, prepared in source:
                     await window.acquire()  # not reading while the window is full: flow control for the sender
                     ignored += dropped
-                    task = asyncio.ensure_future(one(count, example))
+                    task = asyncio.ensure_future(one(count, example, prepared))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                     count += 1

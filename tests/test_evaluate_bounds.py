@@ -55,7 +55,7 @@ class QuickExtractor(ExtractorBase):
             raise InputError(f"text has {len(text)} characters; the limit is {self.max_text_chars}")
 
     async def extract(self, text: str, *, labels=None, max_entities: int | None = None,
-                      request_id: str | None = None) -> ExtractionResult:
+                      request_id: str | None = None, prepared=None) -> ExtractionResult:
         self.prepare(text)
         self.running += 1
         self.peak = max(self.peak, self.running)

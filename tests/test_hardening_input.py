@@ -48,7 +48,7 @@ class StubExtractor(ExtractorBase):
             raise InputError("text is empty or whitespace only")
 
     async def extract(self, text: str, *, labels=None, max_entities: int | None = None,
-                      request_id: str | None = None) -> ExtractionResult:
+                      request_id: str | None = None, prepared=None) -> ExtractionResult:
         return ExtractionResult([], "", True, usage=Usage(prompt_tokens=1, completion_tokens=1))
 
 

@@ -539,3 +539,27 @@ def test_closed_cards_refuse_labels_they_do_not_know(start_server, tiny_engine) 
         r.stub.Extract(spb.ExtractRequest(text="Bob", labels=["y" * 5000]), timeout=30)
     except grpc.RpcError as exc:
         assert len(exc.details()) < 400  # an unknown name is echoed cut short
+
+
+def test_each_text_is_prepared_once_per_request(start_server, monkeypatch) -> None:
+    """Chat template, tokenisation and schema are built once per text, however the text arrives."""
+    r = start_server()
+    ex = r.server.state.extractor
+    calls: list[str] = []
+    real = ex.prepare
+
+    def counting(text, *args, **kwargs):
+        calls.append(text)
+        return real(text, *args, **kwargs)
+
+    monkeypatch.setattr(ex, "prepare", counting)
+    r.stub.Extract(spb.ExtractRequest(text="Peter Blackburn"), timeout=60)
+    assert calls == ["Peter Blackburn"]
+    calls.clear()
+    texts = ["EU rejects German call", "Peter Blackburn", "温格的球队"]
+    r.stub.ExtractBatch(spb.ExtractBatchRequest(texts=texts), timeout=120)
+    assert sorted(calls) == sorted(texts)
+    calls.clear()
+    examples = [tpb.Example(text=t) for t in texts[:2]]
+    list(r.stub.Evaluate(iter(evaluate_stream(spb.EvaluateConfig(inline_examples=spb.InlineSource()), examples)), timeout=120))
+    assert sorted(calls) == sorted(texts[:2])
