@@ -78,30 +78,39 @@ def copy_gbps(mib: int = 512, repeats: int = 5) -> float:
     return 2 * src.numel() * 4 * repeats / (time.perf_counter() - t0) / 1e9  # read + write
 
 
-async def measure(model: str, calls: int) -> dict:
+async def measure(model: str, texts: list[str], calls: int, preset: str | None = None, block_size: int | None = None,
+                  speeds: bool = True) -> dict:
+    """One engine: idle calls, saturation and (with ``speeds``) prefill and decode speed. ``preset`` replaces the
+    checkpoint's task card with a preset one; ``block_size`` overrides the engine's."""
     from ner.card import TaskCard
     from nerve.models import resolve_model
     from service.engine import EngineConfig, GenerationRequest, VllmEngine
     from service.pipeline import Extractor
 
     model_dir = resolve_model(model)
-    texts = sentences(calls + 1 + 32)
-    engine = await VllmEngine.start(EngineConfig(model=str(model_dir)))
+    engine = await VllmEngine.start(EngineConfig(model=str(model_dir), block_size=block_size))
     try:
-        ex = Extractor(engine, TaskCard.load(model_dir))
+        card = TaskCard.load(model_dir)
+        if preset:
+            card = TaskCard.preset(preset, chat_template_sha256=card.chat_template_sha256)
+        ex = Extractor(engine, card)
         await ex.extract(texts[0])  # grammar compiled, instructions cached: a server after warm-up
         idle = []
-        for text in texts[1:calls + 1]:
+        for text in texts[1:calls + 1]:  # the first ``calls`` sentences after the warm-up one
             t0 = time.perf_counter()
             r = await ex.extract(text)
             idle.append({"seconds": time.perf_counter() - t0, "completion_tokens": r.usage.completion_tokens,
                          "prompt_tokens": r.usage.prompt_tokens, "cached_prompt_tokens": r.usage.cached_prompt_tokens})
-        batch = texts[calls + 1:]
+        batch = texts[-32:]
         t0 = time.perf_counter()
         results = await ex.extract_many(batch)
         saturation = {"sentences": len(batch), "wall_seconds": time.perf_counter() - t0,
                       "completion_tokens": sum(r.usage.completion_tokens for r in results)}
         prompts = [ex.prepare(t, None, None).request.prompt_token_ids for t in batch]
+        if not speeds:
+            return {"model": model, "card": card.name, "template": card.template, "dtype": engine.dtype.dtype,
+                    "block_size": engine._llm.vllm_config.cache_config.block_size, "idle": idle,
+                    "saturation": saturation}
 
         async def run(max_tokens: int) -> float:
             await engine.reset_prefix_cache()
@@ -142,7 +151,21 @@ def analyse(m: dict, gflops: float, gbps: float) -> dict:
             "prefill_tokens_per_second": prefill_tps, "decode_tokens_per_second": decode_tps,
             "gemm_gflops": gflops, "copy_gbps": gbps, "prefill_roof_tokens_per_second": prefill_roof,
             "decode_roof_tokens_per_second": decode_roof, "prefill_fraction_of_roof": prefill_tps / prefill_roof,
-            "decode_fraction_of_roof": decode_tps / decode_roof}
+            "decode_fraction_of_roof": decode_tps / decode_roof, **_baseline(m)}
+
+
+def _baseline(m: dict) -> dict:
+    b = m.get("baseline")
+    if not b:
+        return {}
+    p50 = statistics.median(r["seconds"] for r in b["idle"])
+    same = statistics.median(r["seconds"] for r in m["idle"][:len(b["idle"])])  # the same sentences
+    sat = b["saturation"]["sentences"] / b["saturation"]["wall_seconds"]
+    return {"baseline_idle_p50_seconds": p50, "idle_p50_same_calls_seconds": same,
+            "baseline_saturation_sentences_per_second": sat, "idle_p50_speedup": p50 / same,
+            "baseline_saturation_tokens_per_second": b["saturation"]["completion_tokens"] / b["saturation"]["wall_seconds"],
+            "saturation_tokens_per_second": m["saturation"]["completion_tokens"] / m["saturation"]["wall_seconds"],
+            "saturation_speedup": m["saturation"]["sentences"] / m["saturation"]["wall_seconds"] / sat}
 
 
 def report(data: dict) -> Path:
@@ -165,7 +188,23 @@ def report(data: dict) -> Path:
              f"| decode, 32 sequences × 64 steps | {a['decode_tokens_per_second']:.0f} tokens/s"
              f" ({a['decode_fraction_of_roof']:.0%} of the bandwidth roof, {a['decode_roof_tokens_per_second']:.0f}) |",
              f"| GEMM 256×896 · 896×4864, {data['dtype']} | {a['gemm_gflops']:.0f} GFLOP/s |",
-             f"| memory copy (read + write) | {a['copy_gbps']:.1f} GB/s |", "",
+             f"| memory copy (read + write) | {a['copy_gbps']:.1f} GB/s |", ""]
+    if "baseline" in data:
+        b = data["baseline"]
+        lines += [f"Same run, same sentences, against the path before the compact format and the CPU block size"
+                  f" ({b['model']}, {b['template']} prompt, {b['block_size']}-token blocks, {b['dtype']}):", "",
+                  "| measure | before | now | × |", "|---|---:|---:|---:|",
+                  f"| idle p50 seconds (the first {len(b['idle'])} calls) |"
+                  f" {a['baseline_idle_p50_seconds']:.2f} | {a['idle_p50_same_calls_seconds']:.2f} |"
+                  f" {a['idle_p50_speedup']:.2f} |",
+                  f"| saturation, sentences/s | {a['baseline_saturation_sentences_per_second']:.2f} |"
+                  f" {a['saturation_sentences_per_second']:.2f} | {a['saturation_speedup']:.2f} |",
+                  f"| saturation, generated tokens/s | {a['baseline_saturation_tokens_per_second']:.1f} |"
+                  f" {a['saturation_tokens_per_second']:.1f} |"
+                  f" {a['saturation_tokens_per_second'] / a['baseline_saturation_tokens_per_second']:.2f} |", "",
+                  "The answers differ in length (the compact v2 format, and what each model answers), hence the"
+                  " per-token row; shorter prompts (less prefill per generated token) count in both rows.", ""]
+    lines += [
              "Roofs: prefill needs 2 FLOPs per layer weight per prompt token, so its roof is GEMM FLOP/s ÷ (2 × layer"
              " weights); a decode step reads every layer weight and the output layer once for the whole batch, so its"
              " roof is bandwidth ÷ those bytes × batch size. Attention, sampling and the grammar add work neither roof"
@@ -178,6 +217,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="qwen2.5-coder-0.5b-nerve")
     ap.add_argument("--calls", type=int, default=50)
+    ap.add_argument("--baseline-calls", type=int, default=20,
+                    help="idle calls of the baseline arm: the path before the compact format and the CPU block size"
+                         " (qwen2.5-coder-0.5b-instruct, v1 CLUENER card, 128-token blocks); 0 skips it")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
     if args.report_only:  # re-analysed from the recorded measurements (weights counted again from the checkpoint)
@@ -189,7 +231,12 @@ def main() -> None:
         write_results(RESULTS, data)
         print(report(data))
         return
-    m = asyncio.run(measure(args.model, args.calls))
+    texts = sentences(1 + args.calls + 32)  # warm-up, idle calls, the batch: the same for both arms
+    m = asyncio.run(measure(args.model, texts, args.calls))
+    if args.baseline_calls:
+        m["baseline"] = asyncio.run(measure("qwen2.5-coder-0.5b-instruct", texts, min(args.calls, args.baseline_calls),
+                                            preset="cluener",
+                                            block_size=128, speeds=False))
     gflops, gbps = gemm_gflops(m["dtype"]), copy_gbps()
     write_results(RESULTS, {**m, "analysis": analyse(m, gflops, gbps)})
     print(report(json.loads(RESULTS.read_text(encoding="utf-8"))))

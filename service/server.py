@@ -195,6 +195,28 @@ class StreamLimit(grpc.aio.ServerInterceptor):
                        response_serializer=handler.response_serializer)
 
 
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def add_reflection(server: grpc.aio.Server, services: tuple[str, ...]) -> None:
+    """Server reflection as ``grpc.reflection.v1`` (what current tools ask for first) and ``v1alpha``.
+
+    grpcio-reflection implements v1alpha only. The v1 protocol has the same messages under another package
+    name, so one servicer answers both: the v1 method is registered with v1alpha's (wire-identical) messages.
+    """
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+    from grpc_reflection.v1alpha.reflection import aio as reflection_aio
+
+    servicer = reflection_aio.ReflectionServicer((*services, reflection.SERVICE_NAME, REFLECTION_V1))
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1, {
+        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo,
+            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString),
+    }),))
+
+
 class NerveServer:
     """One nerve server process (usable in-process by tests)."""
 
@@ -230,9 +252,7 @@ class NerveServer:
         server = grpc.aio.server(options=server_options(cfg), interceptors=interceptors)
         add_nerve_service(NerveServicer(cfg, self.state, self.metrics), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            server)
+        add_reflection(server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
         address = f"{cfg.host}:{cfg.port}"
         if cfg.tls_cert:
             self.port = server.add_secure_port(address, server_credentials(cfg))

@@ -53,6 +53,26 @@ _FORMATS = {
 }
 
 
+_OFFSET_UNITS = frozenset(tpb.OffsetUnit.values())
+
+
+def check_offset_unit(unit: int) -> None:
+    if unit not in _OFFSET_UNITS:
+        raise InputError(f"offset_unit {unit} is not an OffsetUnit (code points, UTF-16 or UTF-8)")
+
+
+def offsets_in(text: str, start: int, end: int, unit: int) -> tuple[int, int]:
+    """Code-point offsets ``[start, end)`` of ``text`` in ``unit`` (an OffsetUnit): UTF-16 code units or UTF-8
+    bytes count each code point as many times as it takes units."""
+    if unit == tpb.OFFSET_UNIT_UTF16:
+        a = start + sum(1 for c in text[:start] if ord(c) > 0xFFFF)
+        return a, a + (end - start) + sum(1 for c in text[start:end] if ord(c) > 0xFFFF)
+    if unit == tpb.OFFSET_UNIT_UTF8:
+        a = len(text[:start].encode("utf-8"))
+        return a, a + len(text[start:end].encode("utf-8"))
+    return start, end
+
+
 @dataclass(frozen=True, slots=True)
 class _EvalPlan:
     """The checked options of one Evaluate call."""
@@ -277,10 +297,12 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
             m.grammar_schemas.labels("reused").inc()
 
     @staticmethod
-    def _result_pb(r: ExtractionResult, return_raw: bool) -> tpb.ExtractResult:
+    def _result_pb(r: ExtractionResult, return_raw: bool, text: str = "", unit: int = 0) -> tpb.ExtractResult:
         u = r.usage
+        offsets = [offsets_in(text, e.start, e.end, unit) for e in r.entities]
         return tpb.ExtractResult(
-            entities=[tpb.Entity(label=e.label, text=e.text, start=e.start, end=e.end) for e in r.entities],
+            entities=[tpb.Entity(label=e.label, text=e.text, start=a, end=b) for e, (a, b) in zip(r.entities, offsets,
+                                                                                                 strict=True)],
             usage=tpb.Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
                             queue_seconds=u.queue_seconds, engine_seconds=u.engine_seconds,
                             total_seconds=u.total_seconds, cached_prompt_tokens=u.cached_prompt_tokens),
@@ -304,6 +326,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
         if self.cfg.log_texts:
             rec.texts = [request.text]
         ex = self._extractor()
+        check_offset_unit(request.offset_unit)
         max_entities = self._max_entities(request.max_entities, ex)
         labels = ex.labels_for(request.labels or None, dict(request.label_descriptions))
         prepared = ex.prepare(request.text, labels, max_entities)  # validate before queueing
@@ -314,7 +337,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
                                  prepared=prepared)
         self._record(r)
         rec.fields.update(chars=len(request.text), entities=len(r.entities), tokens=r.usage.completion_tokens)
-        res = self._result_pb(r, request.return_raw)
+        res = self._result_pb(r, request.return_raw, request.text, request.offset_unit)
         return spb.ExtractResponse(entities=res.entities, usage=res.usage, raw=res.raw, hallucinated=res.hallucinated)
 
     @unary("ExtractBatch")
@@ -331,6 +354,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
         size = sum(len(t.encode("utf-8")) for t in texts)
         if size > self.cfg.max_batch_bytes:
             raise InputError(f"{size} bytes of text; the limit is {self.cfg.max_batch_bytes} per call")
+        check_offset_unit(request.offset_unit)
         max_entities = self._max_entities(request.max_entities, ex)
         labels = ex.labels_for(request.labels or None, dict(request.label_descriptions))
         prepared = []
@@ -346,7 +370,8 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
         for r in results:
             self._record(r)
         rec.fields.update(texts=len(texts), entities=sum(len(r.entities) for r in results))
-        return spb.ExtractBatchResponse(results=[self._result_pb(r, request.return_raw) for r in results])
+        return spb.ExtractBatchResponse(results=[self._result_pb(r, request.return_raw, t, request.offset_unit)
+                                                 for r, t in zip(results, texts, strict=True)])
 
     @unary("GetModelInfo")
     async def GetModelInfo(self, request: spb.GetModelInfoRequest, context: grpc.aio.ServicerContext,  # noqa: N802

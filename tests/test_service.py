@@ -444,6 +444,27 @@ def test_reflection_lists_the_services(start_server) -> None:
     assert desc.package == "nerve.v1"
 
 
+def test_reflection_v1_answers_like_v1alpha(start_server) -> None:
+    """Tools that ask for grpc.reflection.v1 first (grpcurl, Postman) get the same answers as from v1alpha."""
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    r = start_server()
+    answers = {}
+    for version in ("v1", "v1alpha"):
+        info = r.channel.stream_stream(f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+                                       request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                                       response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+        requests = [reflection_pb2.ServerReflectionRequest(list_services=""),
+                    reflection_pb2.ServerReflectionRequest(file_containing_symbol="nerve.v1.NerveService")]
+        listed, file = list(info(iter(requests), timeout=10))
+        answers[version] = ({s.name for s in listed.list_services_response.service},
+                            file.file_descriptor_response.file_descriptor_proto)
+    services, files = answers["v1"]
+    assert {"nerve.v1.NerveService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection"} <= services
+    assert answers["v1"] == answers["v1alpha"] and files
+
+
 def test_in_process_drain_finishes_in_flight_calls(start_server) -> None:
     r = start_server()
     futures = [r.stub.Extract.future(spb.ExtractRequest(text=f"Peter Blackburn {i}"), timeout=60) for i in range(6)]
@@ -563,3 +584,60 @@ def test_each_text_is_prepared_once_per_request(start_server, monkeypatch) -> No
     examples = [tpb.Example(text=t) for t in texts[:2]]
     list(r.stub.Evaluate(iter(evaluate_stream(spb.EvaluateConfig(inline_examples=spb.InlineSource()), examples)), timeout=120))
     assert sorted(calls) == sorted(texts[:2])
+
+
+OFFSETS_TEXT = "🙂🙂 Angela Merkel visited Paris with Ame\u0301lie ."
+"""Astral characters (2 UTF-16 units, 4 UTF-8 bytes each) before the entities, a combining accent inside one."""
+
+
+def _spans_extractor(r) -> None:
+    """Make the server's extractor return fixed, grounded spans of OFFSETS_TEXT (the model is random)."""
+    from ner.types import Entity
+    from service.pipeline import ExtractionResult
+
+    async def extract(text, **kwargs):
+        spans = [("PER", "Angela Merkel"), ("LOC", "Paris"), ("PER", "Ame\u0301lie")]
+        return ExtractionResult([Entity(start=text.index(t), end=text.index(t) + len(t), label=lab, text=t)
+                                 for lab, t in spans if t in text], "", True)
+
+    r.server.state.extractor.extract = extract
+
+
+@pytest.mark.parametrize("unit, index", [
+    (tpb.OFFSET_UNIT_UNSPECIFIED, lambda t, a, b: t[a:b]),
+    (tpb.OFFSET_UNIT_CODE_POINT, lambda t, a, b: t[a:b]),
+    (tpb.OFFSET_UNIT_UTF16, lambda t, a, b: t.encode("utf-16-le")[2 * a:2 * b].decode("utf-16-le")),
+    (tpb.OFFSET_UNIT_UTF8, lambda t, a, b: t.encode("utf-8")[a:b].decode("utf-8")),
+])
+def test_offsets_in_the_unit_asked_for(start_server, unit, index) -> None:
+    r = start_server()
+    _spans_extractor(r)
+    one = r.stub.Extract(spb.ExtractRequest(text=OFFSETS_TEXT, offset_unit=unit), timeout=30)
+    batch = r.stub.ExtractBatch(spb.ExtractBatchRequest(texts=["x " + OFFSETS_TEXT, OFFSETS_TEXT], offset_unit=unit),
+                                timeout=30)
+    for text, entities in [(OFFSETS_TEXT, one.entities), ("x " + OFFSETS_TEXT, batch.results[0].entities),
+                           (OFFSETS_TEXT, batch.results[1].entities)]:
+        assert [index(text, e.start, e.end) for e in entities] == ["Angela Merkel", "Paris", "Ame\u0301lie"]
+    if unit == tpb.OFFSET_UNIT_UTF16:
+        assert (one.entities[0].start, one.entities[0].end) == (5, 18)  # each 🙂 counts 2 units
+    if unit == tpb.OFFSET_UNIT_UTF8:
+        assert one.entities[0].start == 9  # each 🙂 counts 4 bytes
+
+
+def test_unknown_offset_unit_is_invalid_argument(start_server) -> None:
+    r = start_server()
+    assert code_of(r.stub.Extract, spb.ExtractRequest(text="Peter", offset_unit=7), timeout=10) == \
+        grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_sdk_asks_for_offsets(start_server) -> None:
+    from nerve_client import Client
+
+    r = start_server()
+    _spans_extractor(r)
+    with Client(r.target) as c:
+        utf16 = c.extract(OFFSETS_TEXT, offsets="utf16").entities[0]
+        utf8 = c.extract_batch([OFFSETS_TEXT], offsets="utf8")[0].entities[0]
+        assert (utf16.start, utf16.end) == (5, 18) and (utf8.start, utf8.end) == (9, 22)
+        with pytest.raises(ValueError, match="offsets must be one of code_points, utf16, utf8"):
+            c.extract(OFFSETS_TEXT, offsets="bytes")

@@ -34,6 +34,11 @@ from typing import Any
 
 import yaml
 
+REPORTERS: tuple[str, ...] = (
+    "tensorboard", "none", "azure_ml", "clearml", "codecarbon", "comet_ml", "dagshub", "dvclive", "flyte",
+    "kubeflow", "mlflow", "neptune", "swanlab", "trackio", "wandb")
+"""Values of ``train.report_to``: nerve's TensorBoard logger, none, and the HF Trainer's integrations."""
+
 
 class ConfigError(ValueError):
     """A config file or override is invalid."""
@@ -169,6 +174,7 @@ class MethodArgs:
 
 @dataclass
 class TrainArgs:
+
     """The optimisation loop: steps, batch, schedule, checkpoints, logging and precision."""
 
     output_dir: str = _f("runs/nerve-tune", "Run directory: checkpoints, logs, the final model and reports.")
@@ -200,11 +206,21 @@ class TrainArgs:
     selective_logits: bool = _f(True, "Compute the output layer only at positions that have a label "
                                       "(the completion), not over the prompt.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass (less memory, slower).")
-    report_to: list[str] = _f(["tensorboard"], "Loggers: tensorboard (logs in <output_dir>/tb) or none.")
+    report_to: list[str] = _f(["tensorboard"], "Loggers: tensorboard (nerve's, logs in <output_dir>/tb), none, or any "
+                                               "integration of the HF Trainer (wandb, mlflow, comet_ml, clearml, "
+                                               "dvclive, trackio, ...), configured by its own environment variables "
+                                               "(e.g. WANDB_MODE=offline).")
     threads: int | None = _f(None, "torch CPU threads (empty: torch's default).")
     dataloader_num_workers: int = _f(0, "DataLoader worker processes.")
     deepspeed: str | None = _f(None, "DeepSpeed JSON config (e.g. examples/tune/ds_zero2.json); GPU only.")
     progress: bool = _f(True, "Show a rich progress bar (loss, tokens/s, ETA) on the main process.")
+
+    def __post_init__(self) -> None:
+        unknown = [r for r in self.report_to if r not in REPORTERS]
+        if unknown:
+            raise ConfigError(f"train.report_to: unknown logger {unknown[0]!r}{_suggest(unknown[0], REPORTERS)}")
+        if "none" in self.report_to and len(self.report_to) > 1:
+            raise ConfigError("train.report_to: 'none' cannot be combined with other loggers")
 
 
 @dataclass

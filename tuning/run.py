@@ -101,6 +101,22 @@ def _warn_config_change(run_dir: Path, cfg: TuneConfig) -> None:
         logger.warning("resuming with a changed config: %s", "; ".join(changed))
 
 
+def trainer_reporters(report_to: list[str]) -> list[str] | str:
+    """The HF Trainer's ``report_to`` for nerve's setting: TensorBoard is nerve's own callback (it logs tokens/s
+    and the task metrics in nerve's layout), the other loggers are the Trainer's integrations, whose packages must
+    be installed."""
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
+
+    wanted = [r for r in report_to if r not in ("tensorboard", "none")]
+    unknown = [r for r in wanted if r not in INTEGRATION_TO_CALLBACK]
+    if unknown:
+        raise ConfigError(f"train.report_to: this transformers has no {unknown[0]!r} integration")
+    missing = [r for r in wanted if r not in get_available_reporting_integrations()]
+    if missing:
+        raise ConfigError(f"train.report_to: {missing[0]!r} needs its package installed (pip install {missing[0]})")
+    return wanted or "none"
+
+
 def training_arguments(cfg: TuneConfig, run_dir: Path, *, has_eval: bool, metric: str | None):
     from transformers import TrainingArguments
 
@@ -140,7 +156,7 @@ def training_arguments(cfg: TuneConfig, run_dir: Path, *, has_eval: bool, metric
         use_cpu=not torch.cuda.is_available(),
         gradient_checkpointing=t.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
-        report_to="none",
+        report_to=trainer_reporters(t.report_to),
         disable_tqdm=True,
         dataloader_num_workers=t.dataloader_num_workers,
         deepspeed=expand_path(t.deepspeed) if t.deepspeed else None,

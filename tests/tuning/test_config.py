@@ -101,3 +101,25 @@ def test_module_entry_point_lists_the_config_fields(capsys) -> None:
     assert main(["--help-config"]) == 0
     out = capsys.readouterr().out
     assert "| `--train.packing` | bool | `False` |" in out
+
+
+def test_report_to_names_are_checked(tmp_path) -> None:
+    import importlib.util
+
+    from tuning.config import ConfigError, load_config
+    from tuning.run import trainer_reporters
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  report_to: [wandbb]\n")
+    with pytest.raises(ConfigError, match="unknown logger 'wandbb' \\(did you mean 'wandb'\\?\\)"):
+        load_config(bad)
+    bad.write_text("train:\n  report_to: [none, tensorboard]\n")
+    with pytest.raises(ConfigError, match="'none' cannot be combined"):
+        load_config(bad)
+    assert trainer_reporters(["tensorboard"]) == "none"  # nerve's own callback, not the Trainer's
+    assert trainer_reporters(["none"]) == "none"
+    if importlib.util.find_spec("wandb") is None:
+        with pytest.raises(ConfigError, match="'wandb' needs its package installed"):
+            trainer_reporters(["tensorboard", "wandb"])
+    else:
+        assert trainer_reporters(["tensorboard", "wandb"]) == ["wandb"]

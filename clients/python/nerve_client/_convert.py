@@ -61,19 +61,30 @@ def _max_entities(max_entities: int | None) -> int:
     return int(max_entities)
 
 
+OFFSET_UNITS = {"code_points": tpb.OFFSET_UNIT_CODE_POINT, "utf16": tpb.OFFSET_UNIT_UTF16, "utf8": tpb.OFFSET_UNIT_UTF8}
+"""``offsets=`` values: code points (Python ``str`` indices), UTF-16 code units (JavaScript, Java, C#), UTF-8 bytes."""
+
+
+def offset_unit(offsets: str) -> int:
+    try:
+        return OFFSET_UNITS[offsets]
+    except KeyError:
+        raise ValueError(f"offsets must be one of {', '.join(OFFSET_UNITS)}, not {offsets!r}") from None
+
+
 def extract_request(
-    text: str, labels: Labels, max_entities: int | None, return_raw: bool
+    text: str, labels: Labels, max_entities: int | None, return_raw: bool, offsets: str = "code_points"
 ) -> pb.ExtractRequest:
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     return pb.ExtractRequest(
         text=text, labels=_labels(labels), max_entities=_max_entities(max_entities), return_raw=bool(return_raw),
-        label_descriptions=_descriptions(labels),
+        label_descriptions=_descriptions(labels), offset_unit=offset_unit(offsets),
     )
 
 
 def extract_batch_request(
-    texts: Iterable[str], labels: Labels, max_entities: int | None, return_raw: bool
+    texts: Iterable[str], labels: Labels, max_entities: int | None, return_raw: bool, offsets: str = "code_points"
 ) -> pb.ExtractBatchRequest:
     if isinstance(texts, str):
         raise TypeError("texts must be a sequence of str, not a str (use extract() for one text)")
@@ -83,7 +94,7 @@ def extract_batch_request(
         raise TypeError(f"texts[{bad[0]}] is a {type(texts[bad[0]]).__name__}, not a str")
     return pb.ExtractBatchRequest(
         texts=texts, labels=_labels(labels), max_entities=_max_entities(max_entities), return_raw=bool(return_raw),
-        label_descriptions=_descriptions(labels),
+        label_descriptions=_descriptions(labels), offset_unit=offset_unit(offsets),
     )
 
 

@@ -257,6 +257,7 @@ class Client:
         max_entities: int | None = None,
         return_raw: bool = False,
         *,
+        offsets: str = "code_points",
         timeout: float | None = None,
         request_id: str | None = None,
     ) -> ExtractResult:
@@ -268,10 +269,12 @@ class Client:
                 labels), or a mapping of names to descriptions (open labels only); ``None`` for the card's.
             max_entities: Most entities to return (``None``: the task's bound).
             return_raw: Also return the model's raw JSON answer in ``result.raw``.
+            offsets: Unit of the entity offsets: ``code_points`` (Python ``str`` indices, the default), ``utf16``
+                (JavaScript, Java, C# string indices) or ``utf8`` (byte offsets).
             timeout: Deadline in seconds for this call, retries included (default: the client's).
             request_id: Sent as ``x-request-id`` (default: a random id).
         """
-        request = cv.extract_request(text, labels, max_entities, return_raw)
+        request = cv.extract_request(text, labels, max_entities, return_raw, offsets)
         response, rid = self._unary(self._stub.Extract, request, timeout, request_id)
         return cv.extract_result_from_proto(response, return_raw, rid)
 
@@ -282,6 +285,7 @@ class Client:
         max_entities: int | None = None,
         return_raw: bool = False,
         *,
+        offsets: str = "code_points",
         timeout: float | None = None,
         request_id: str | None = None,
     ) -> list[ExtractResult]:
@@ -290,7 +294,7 @@ class Client:
         The server bounds a batch (``model_info().limits``: ``max_batch_texts`` texts and ``max_batch_bytes``
         UTF-8 bytes in all) and rejects a larger one with INVALID_ARGUMENT; split big jobs into batches.
         """
-        request = cv.extract_batch_request(texts, labels, max_entities, return_raw)
+        request = cv.extract_batch_request(texts, labels, max_entities, return_raw, offsets)
         response, rid = self._unary(self._stub.ExtractBatch, request, timeout, request_id)
         return [cv.extract_result_from_proto(r, return_raw, rid) for r in response.results]
 
@@ -507,11 +511,12 @@ class AsyncClient:
         max_entities: int | None = None,
         return_raw: bool = False,
         *,
+        offsets: str = "code_points",
         timeout: float | None = None,
         request_id: str | None = None,
     ) -> ExtractResult:
         """See :meth:`Client.extract`."""
-        request = cv.extract_request(text, labels, max_entities, return_raw)
+        request = cv.extract_request(text, labels, max_entities, return_raw, offsets)
         response, rid = await self._unary("Extract", request, timeout, request_id)
         return cv.extract_result_from_proto(response, return_raw, rid)
 
@@ -522,11 +527,12 @@ class AsyncClient:
         max_entities: int | None = None,
         return_raw: bool = False,
         *,
+        offsets: str = "code_points",
         timeout: float | None = None,
         request_id: str | None = None,
     ) -> list[ExtractResult]:
         """See :meth:`Client.extract_batch`."""
-        request = cv.extract_batch_request(texts, labels, max_entities, return_raw)
+        request = cv.extract_batch_request(texts, labels, max_entities, return_raw, offsets)
         response, rid = await self._unary("ExtractBatch", request, timeout, request_id)
         return [cv.extract_result_from_proto(r, return_raw, rid) for r in response.results]
 

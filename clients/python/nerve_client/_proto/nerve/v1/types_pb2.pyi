@@ -1,9 +1,21 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class OffsetUnit(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OFFSET_UNIT_UNSPECIFIED: _ClassVar[OffsetUnit]
+    OFFSET_UNIT_CODE_POINT: _ClassVar[OffsetUnit]
+    OFFSET_UNIT_UTF16: _ClassVar[OffsetUnit]
+    OFFSET_UNIT_UTF8: _ClassVar[OffsetUnit]
+OFFSET_UNIT_UNSPECIFIED: OffsetUnit
+OFFSET_UNIT_CODE_POINT: OffsetUnit
+OFFSET_UNIT_UTF16: OffsetUnit
+OFFSET_UNIT_UTF8: OffsetUnit
 
 class Entity(_message.Message):
     __slots__ = ("label", "text", "start", "end")
