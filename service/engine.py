@@ -421,11 +421,6 @@ class VllmEngine:
         """True when requests are pending and none produced output for ``seconds`` (a hung engine)."""
         return self._active > 0 and time.monotonic() - self.last_progress > seconds
 
-    def engine_pids(self) -> list[int]:
-        """Process ids of vLLM's engine core processes (empty when the engine runs in this process)."""
-        procs = getattr(getattr(getattr(self._llm, "engine_core", None), "resources", None), "engine_manager", None)
-        return [p.pid for p in getattr(procs, "processes", ()) or () if getattr(p, "pid", None)]
-
     async def check_health(self) -> None:
         await self._llm.check_health()
 

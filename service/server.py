@@ -54,6 +54,15 @@ EXIT_ENGINE_FAILED = 3
 """Exit status of a server whose engine died or hung."""
 
 
+_HANDLER_FACTORIES = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+"""gRPC's method-handler constructor for each (request streaming, response streaming)."""
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Requires ``authorization: Bearer <token>`` on nerve.v1 calls; health and reflection stay open."""
 
@@ -80,13 +89,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             await deny(request, context)
             yield  # pragma: no cover - abort raises
 
-        kind = (handler.request_streaming, handler.response_streaming)
-        factory = {
-            (False, False): grpc.unary_unary_rpc_method_handler,
-            (False, True): grpc.unary_stream_rpc_method_handler,
-            (True, False): grpc.stream_unary_rpc_method_handler,
-            (True, True): grpc.stream_stream_rpc_method_handler,
-        }[kind]
+        factory = _HANDLER_FACTORIES[(handler.request_streaming, handler.response_streaming)]
         return factory(deny_stream if handler.response_streaming else deny,
                        request_deserializer=handler.request_deserializer,
                        response_serializer=handler.response_serializer)
@@ -125,14 +128,6 @@ def server_credentials(cfg: ServeConfig) -> grpc.ServerCredentials:
         return grpc.ssl_server_credentials(pair, root_certificates=Path(cfg.tls_client_ca).read_bytes(),
                                            require_client_auth=True)
     return grpc.ssl_server_credentials(pair)
-
-
-_HANDLER_FACTORIES = {
-    (False, False): grpc.unary_unary_rpc_method_handler,
-    (False, True): grpc.unary_stream_rpc_method_handler,
-    (True, False): grpc.stream_unary_rpc_method_handler,
-    (True, True): grpc.stream_stream_rpc_method_handler,
-}
 
 
 def add_nerve_service(servicer: NerveServicer, server: grpc.aio.Server) -> None:
@@ -231,8 +226,6 @@ class NerveServer:
         self._stopped = asyncio.Event()
         self._load_task: asyncio.Task | None = None
         self._watchdog: asyncio.Task | None = None
-        self.failure: str | None = None
-        """Why the engine was given up (None while it is healthy)."""
 
     async def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
@@ -328,10 +321,14 @@ class NerveServer:
         """Give the engine up: NOT_SERVING, UNAVAILABLE for every call, stop now (the process exits non-zero)."""
         log.error("%s; health NOT_SERVING, stopping (exit status %d) so that the server is restarted",
                   reason, EXIT_ENGINE_FAILED)
-        self.failure = reason
         self.state.failure = reason
         self.metrics.engine_failures.labels(kind).inc()
         await self.drain(0)
+
+    @property
+    def failure(self) -> str | None:
+        """Why the engine was given up (None while it is healthy)."""
+        return self.state.failure
 
     async def wait_ready(self) -> None:
         if self._load_task is not None:

@@ -61,6 +61,12 @@ def check_offset_unit(unit: int) -> None:
         raise InputError(f"offset_unit {unit} is not an OffsetUnit (code points, UTF-16 or UTF-8)")
 
 
+def entity_pb(e: Entity, text: str = "", unit: int = tpb.OFFSET_UNIT_UNSPECIFIED) -> tpb.Entity:
+    """An entity as a message, its offsets into ``text`` in ``unit`` (default: code points, ``text`` unused)."""
+    start, end = offsets_in(text, e.start, e.end, unit)
+    return tpb.Entity(label=e.label, text=e.text, start=start, end=end)
+
+
 def offsets_in(text: str, start: int, end: int, unit: int) -> tuple[int, int]:
     """Code-point offsets ``[start, end)`` of ``text`` in ``unit`` (an OffsetUnit): UTF-16 code units or UTF-8
     bytes count each code point as many times as it takes units."""
@@ -297,12 +303,10 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
             m.grammar_schemas.labels("reused").inc()
 
     @staticmethod
-    def _result_pb(r: ExtractionResult, return_raw: bool, text: str = "", unit: int = 0) -> tpb.ExtractResult:
+    def _result_pb(r: ExtractionResult, return_raw: bool, text: str, unit: int) -> tpb.ExtractResult:
         u = r.usage
-        offsets = [offsets_in(text, e.start, e.end, unit) for e in r.entities]
         return tpb.ExtractResult(
-            entities=[tpb.Entity(label=e.label, text=e.text, start=a, end=b) for e, (a, b) in zip(r.entities, offsets,
-                                                                                                 strict=True)],
+            entities=[entity_pb(e, text, unit) for e in r.entities],
             usage=tpb.Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
                             queue_seconds=u.queue_seconds, engine_seconds=u.engine_seconds,
                             total_seconds=u.total_seconds, cached_prompt_tokens=u.cached_prompt_tokens),
@@ -627,11 +631,8 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
     def _report(score: RunningScore, ignored: int, elapsed: float) -> tpb.ScoreReport:
         from nerve.reports import percentiles
 
-        def entity(e: Entity) -> tpb.Entity:
-            return tpb.Entity(label=e.label, text=e.text, start=e.start, end=e.end)
-
         errors = [tpb.ExampleError(index=m.index, id=m.id or "", parsed=m.parsed, hallucinated=m.hallucinated,
-                                   missing=[entity(e) for e in m.missing], spurious=[entity(e) for e in m.spurious])
+                                   missing=[entity_pb(e) for e in m.missing], spurious=[entity_pb(e) for e in m.spurious])
                   for m in score.mistakes]
         rep = score.scorer.report()
         lat = score.latencies
