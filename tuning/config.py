@@ -156,6 +156,11 @@ class MethodArgs:
     lora_r: int = _f(8, "LoRA rank.")
     lora_alpha: int = _f(16, "LoRA scaling numerator (the update is scaled by alpha / r).")
     lora_dropout: float = _f(0.05, "Dropout on the LoRA input.")
+    adapter_init: str | None = _f(
+        None, "lora: continue training a saved LoRA adapter instead of starting new ones: a PEFT adapter folder "
+        "(adapter_config.json + weights) or the name of a tuned nerve model (`nerve models list`). The adapter's "
+        "own rank, alpha and target modules are used; lora_r, lora_alpha and target_modules must match them.",
+    )
     target_modules: list[str] = _f(
         ["all-linear"], "Modules that get LoRA adapters: all-linear (every linear layer but the output head) or "
         "names such as q_proj,k_proj,v_proj,o_proj.",

@@ -183,10 +183,50 @@ class Lora(Method):
         return model
 
     def load(self, model_path: Path, cfg: TuneConfig, **kw) -> nn.Module:
-        from peft import get_peft_model
+        from peft import PeftModel, get_peft_model
 
         model = self.prepare_base(self._load_causal(model_path, cfg), cfg)
+        if cfg.method.adapter_init:
+            folder = initial_adapter(cfg)
+            logger.info("continuing the LoRA adapter in %s", folder)
+            return PeftModel.from_pretrained(model, str(folder), is_trainable=True)
         return get_peft_model(model, self.lora_config(cfg))
+
+
+def initial_adapter(cfg: TuneConfig) -> Path:
+    """The adapter folder ``method.adapter_init`` names, after checking that it is a LoRA adapter whose rank,
+    alpha and targets are the ones the config states (so that the run record tells the truth about the run)."""
+    import json
+
+    from nerve.models import ModelError, get_spec, verify_adapter
+
+    from .config import expand_path
+
+    name = cfg.method.adapter_init or ""
+    folder = Path(expand_path(name) or name)
+    if not folder.is_dir():
+        try:
+            folder = verify_adapter(get_spec(name))
+        except ModelError as exc:
+            raise ConfigError(f"method.adapter_init: {name!r} is neither an adapter folder nor a tuned nerve "
+                              f"model ({exc})") from None
+    config_file = folder / "adapter_config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"method.adapter_init: {folder} has no adapter_config.json")
+    saved = json.loads(config_file.read_text(encoding="utf-8"))
+    if saved.get("peft_type") != "LORA":
+        raise ConfigError(f"method.adapter_init: {config_file} is a {saved.get('peft_type')} adapter, not LoRA")
+    m = cfg.method
+    wanted = {"r": m.lora_r, "lora_alpha": m.lora_alpha}
+    if m.target_modules != ["all-linear"]:
+        wanted["target_modules"] = sorted(m.target_modules)
+    found = {"r": saved.get("r"), "lora_alpha": saved.get("lora_alpha"),
+             "target_modules": sorted(saved.get("target_modules") or [])}
+    differ = [f"{k} {found[k]!r} (config: {v!r})" for k, v in wanted.items() if found[k] != v]
+    if differ:
+        raise ConfigError(f"method.adapter_init: the adapter in {folder} has " + ", ".join(differ) +
+                          "; set the method's fields to the adapter's")
+    return folder
 
 
 @register

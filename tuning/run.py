@@ -318,6 +318,7 @@ def run_config(cfg: TuneConfig, *, callbacks: Sequence[Any] = (), console=None) 
     run_record: dict[str, Any] = {
         "status": "training", "method": method.name, "kind": method.kind, "base_model": cfg.model.name_or_path,
         "base_model_path": str(model_path), "final_dir": "final", "max_length": max_len,
+        **({"adapter_init": cfg.method.adapter_init} if cfg.method.adapter_init else {}),
         "card": card.to_dict(),
         "dtype": {"compute": dtype.dtype, "reason": dtype.reason, "weights": str(method.train_dtype(cfg)).replace(
             "torch.", ""), "bf16_mixed_precision": bool(args.bf16)},

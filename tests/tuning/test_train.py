@@ -259,3 +259,29 @@ def test_mixture_with_label_sampling_tunes_an_open_label_v2_card(tiny_causal_dir
     assert "person" in card.labels.names and "PER" in card.labels.names  # the second source is not renamed
     report = json.loads((run / "data_report.json").read_text())
     assert report["train"]["examples"] == 24 + 8 and report["dev"]["examples"] == 6
+
+
+def test_adapter_init_continues_a_saved_adapter(tiny_causal_dir, synth_files, tmp_path) -> None:
+    """method.adapter_init loads the saved LoRA weights (trainable) instead of new ones; a mismatched rank or a
+    missing folder is a config error naming the field."""
+    first = tune(TINY, tiny_overrides(tiny_causal_dir, synth_files, tmp_path / "first"))
+    saved = first / "final"
+    # Learning rate 0: the continued run's final adapter must be the saved one, weight for weight.
+    frozen = tune(TINY, tiny_overrides(tiny_causal_dir, synth_files, tmp_path / "frozen", "--method.adapter_init",
+                                       str(saved), "--train.max_steps", "2", "--train.learning_rate", "0"))
+    a, b = _adapter(first), _adapter(frozen)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k])
+    assert json.loads((frozen / "nerve_run.json").read_text())["adapter_init"] == str(saved)
+    # Trainable: with a learning rate the weights move, and training starts from the saved adapter's loss.
+    more = tune(TINY, tiny_overrides(tiny_causal_dir, synth_files, tmp_path / "more", "--method.adapter_init",
+                                     str(saved), "--train.max_steps", "2"))
+    assert any(not torch.equal(_adapter(more)[k], a[k]) for k in a)
+    assert _log(more)[0]["loss"] < _log(first)[0]["loss"]
+    with pytest.raises(ConfigError, match=r"method.adapter_init: .* has r 4 \(config: 8\)"):
+        tune(TINY, tiny_overrides(tiny_causal_dir, synth_files, tmp_path / "bad", "--method.adapter_init",
+                                  str(saved), "--method.lora_r", "8"))
+    with pytest.raises(ConfigError, match="neither an adapter folder nor a tuned nerve model"):
+        tune(TINY, tiny_overrides(tiny_causal_dir, synth_files, tmp_path / "none", "--method.adapter_init",
+                                  str(tmp_path / "missing")))
