@@ -58,9 +58,18 @@ class Method:
     summary: ClassVar[str] = ""
     adapter: ClassVar[bool] = False
     """Whether the run's final model is an adapter to merge at export."""
+    continues_adapters: ClassVar[bool] = False
+    """Whether ``method.adapter_init`` (continue a saved LoRA adapter) applies to this method."""
 
     def check_available(self, cfg: TuneConfig) -> None:
         """Raise :class:`MethodUnavailableError` when the method cannot run here."""
+
+    def check_config(self, cfg: TuneConfig) -> None:
+        """Raise :class:`ConfigError` for settings this method cannot honour, before any data or model is loaded."""
+        if cfg.method.adapter_init and not self.continues_adapters:
+            able = ", ".join(n for n, m in METHODS.items() if m.continues_adapters)
+            raise ConfigError(f"method.adapter_init applies to method {able} only, not {self.name}: "
+                              f"unset it or set method.name to {able}")
 
     def train_dtype(self, cfg: TuneConfig) -> torch.dtype:
         """Dtype of the loaded weights. Trainable weights stay float32 master weights under ``auto`` (bf16
@@ -162,6 +171,12 @@ class Lora(Method):
     name = "lora"
     summary = "low-rank adapters on the linear layers (lr ~1e-4 to 3e-4); merged at export"
     adapter = True
+    continues_adapters = True
+
+    def check_config(self, cfg: TuneConfig) -> None:
+        super().check_config(cfg)
+        if cfg.method.adapter_init:
+            initial_adapter(cfg)
 
     def train_dtype(self, cfg: TuneConfig) -> torch.dtype:
         if cfg.model.dtype != "auto":
@@ -233,6 +248,7 @@ def initial_adapter(cfg: TuneConfig) -> Path:
 class QLora(Lora):
     name = "qlora"
     summary = "LoRA on a 4- or 8-bit quantized frozen base (CUDA + bitsandbytes only)"
+    continues_adapters = False
 
     def check_available(self, cfg: TuneConfig) -> None:
         missing = []

@@ -180,6 +180,7 @@ def run_config(cfg: TuneConfig, *, callbacks: Sequence[Any] = (), console=None) 
     setup_logging(console)
     method = get_method(cfg.method.name)
     method.check_available(cfg)
+    method.check_config(cfg)
     causal = method.kind == "causal-lm"
     if cfg.train.packing and not causal:
         raise ConfigError("train.packing applies to causal-LM methods only (token-cls pads per batch)")

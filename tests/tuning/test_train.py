@@ -282,6 +282,13 @@ def test_adapter_init_continues_a_saved_adapter(tiny_causal_dir, synth_files, tm
     with pytest.raises(ConfigError, match=r"method.adapter_init: .* has r 4 \(config: 8\)"):
         tune(TINY, tiny_overrides(tiny_causal_dir, synth_files, tmp_path / "bad", "--method.adapter_init",
                                   str(saved), "--method.lora_r", "8"))
+    assert not (tmp_path / "bad").exists()  # checked before the run starts
     with pytest.raises(ConfigError, match="neither an adapter folder nor a tuned nerve model"):
         tune(TINY, tiny_overrides(tiny_causal_dir, synth_files, tmp_path / "none", "--method.adapter_init",
                                   str(tmp_path / "missing")))
+    # The other methods would ignore it: refused before any data or model is loaded (no run folder is made).
+    for name in ("full", "freeze"):
+        with pytest.raises(ConfigError, match=f"method.adapter_init applies to method lora only, not {name}"):
+            tune(TINY, tiny_overrides(tiny_causal_dir, synth_files, tmp_path / name, "--method.name", name,
+                                      "--method.adapter_init", str(saved)))
+        assert not (tmp_path / name).exists()
