@@ -119,8 +119,9 @@ def token_profile(model: str, texts_by_set: dict[str, list[str]]) -> dict:
     from ner.card import TaskCard
     from ner.prompts import render_prompt
     from nerve.models import resolve_model
+    from tuning.export import merge_adapter
 
-    path = resolve_model(model)
+    path = resolve_model(model, merge=merge_adapter)
     tok = AutoTokenizer.from_pretrained(path)
     out = {}
     for name, texts in texts_by_set.items():

@@ -50,8 +50,8 @@ def _score(model_dir: Path, passes: list[tuple[str, object, list, list[str] | No
     """Load ``model_dir`` once; for each (name, card, examples, labels) empty the prefix cache and score."""
     import asyncio
 
-    from service.engine import EngineConfig, VllmEngine
-    from service.pipeline import Extractor, Limits, evaluate
+    from nerve.engines.vllm import EngineConfig, VllmEngine
+    from nerve.extraction import Extractor, Limits, evaluate
 
     async def main() -> dict:
         engine = await VllmEngine.start(EngineConfig(model=str(model_dir)))
@@ -90,9 +90,10 @@ def run(tuned: str, base: str, n: int) -> dict:
     from ner.card import TaskCard
     from nerve.hardware import describe_machine
     from nerve.models import resolve_model
+    from tuning.export import merge_adapter
 
     sets = _sets(n)
-    base_dir, tuned_dir = resolve_model(base), resolve_model(tuned)
+    base_dir, tuned_dir = resolve_model(base, merge=merge_adapter), resolve_model(tuned, merge=merge_adapter)
     tuned_card = TaskCard.load(tuned_dir)
     results = {
         "machine": describe_machine(),

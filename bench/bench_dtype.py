@@ -56,8 +56,8 @@ def sentences(n: int) -> list[str]:
 
 async def serving_arm(model_dir: Path, dtype: str, single: list[str], batch: list[str]) -> dict:
     from ner.card import TaskCard
-    from service.engine import EngineConfig, VllmEngine
-    from service.pipeline import Extractor
+    from nerve.engines.vllm import EngineConfig, VllmEngine
+    from nerve.extraction import Extractor
 
     t0 = time.perf_counter()
     engine = await VllmEngine.start(EngineConfig(model=str(model_dir), dtype=dtype))
@@ -185,11 +185,12 @@ def main() -> None:
         return
     from nerve.hardware import choose_dtype
     from nerve.models import get_spec, resolve_model
+    from tuning.export import merge_adapter
 
     spec = get_spec(args.model)
-    model_dir = resolve_model(spec.name)
+    model_dir = resolve_model(spec.name, merge=merge_adapter)
     base = spec.base or spec.name
-    base_dir = resolve_model(base)
+    base_dir = resolve_model(base, merge=merge_adapter)
     texts = sentences(args.single + 32)
     single, batch = texts[:args.single], texts[args.single:]
     order = [d for i in range(args.rounds) for d in (DTYPES if i % 2 == 0 else DTYPES[::-1])]

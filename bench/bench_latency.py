@@ -83,11 +83,12 @@ async def measure(model: str, texts: list[str], calls: int, preset: str | None =
     """One engine: idle calls, saturation and (with ``speeds``) prefill and decode speed. ``preset`` replaces the
     checkpoint's task card with a preset one; ``block_size`` overrides the engine's."""
     from ner.card import TaskCard
+    from nerve.engines.vllm import EngineConfig, GenerationRequest, VllmEngine
+    from nerve.extraction import Extractor
     from nerve.models import resolve_model
-    from service.engine import EngineConfig, GenerationRequest, VllmEngine
-    from service.pipeline import Extractor
+    from tuning.export import merge_adapter
 
-    model_dir = resolve_model(model)
+    model_dir = resolve_model(model, merge=merge_adapter)
     engine = await VllmEngine.start(EngineConfig(model=str(model_dir), block_size=block_size))
     try:
         card = TaskCard.load(model_dir)

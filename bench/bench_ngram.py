@@ -46,8 +46,8 @@ def spec_counters() -> dict[str, float]:
 
 async def arm(model_dir: Path, k: int, single: list[str], batch: list[str]) -> dict:
     from ner.card import TaskCard
-    from service.engine import EngineConfig, VllmEngine
-    from service.pipeline import Extractor
+    from nerve.engines.vllm import EngineConfig, VllmEngine
+    from nerve.extraction import Extractor
 
     engine = await VllmEngine.start(EngineConfig(model=str(model_dir), speculative_tokens=k))
     try:
@@ -151,8 +151,9 @@ def main() -> None:
         print(report(data))
         return
     from nerve.models import resolve_model
+    from tuning.export import merge_adapter
 
-    model_dir = resolve_model(args.model)
+    model_dir = resolve_model(args.model, merge=merge_adapter)
     texts = sentences(args.n + 32)
     single, batch = texts[:args.n], texts[args.n:]
     order = [k for i in range(args.rounds) for k in ((0, args.k) if i % 2 == 0 else (args.k, 0))]

@@ -35,12 +35,13 @@ FORMATS = {"v1": ("qwen2.5-coder-0.5b-instruct", "cluener"), "v2": ("qwen2.5-cod
 
 async def arm(fmt: str, block: int | None, texts: list[str]) -> dict:
     from ner.card import TaskCard
+    from nerve.engines.vllm import EngineConfig, VllmEngine
+    from nerve.extraction import Extractor
     from nerve.models import resolve_model
-    from service.engine import EngineConfig, VllmEngine
-    from service.pipeline import Extractor
+    from tuning.export import merge_adapter
 
     model, preset = FORMATS[fmt]
-    model_dir = resolve_model(model)
+    model_dir = resolve_model(model, merge=merge_adapter)
     card = TaskCard.load(model_dir)
     if preset:
         card = TaskCard.preset(preset, chat_template_sha256=card.chat_template_sha256)

@@ -66,8 +66,8 @@ async def drive(call, texts: list[str], concurrency: int) -> dict:
 
 async def direct_phase(model_dir: Path, pool: list[str], levels: list[int]) -> dict:
     from ner.card import TaskCard
-    from service.engine import EngineConfig, VllmEngine
-    from service.pipeline import Extractor
+    from nerve.engines.vllm import EngineConfig, VllmEngine
+    from nerve.extraction import Extractor
 
     engine = await VllmEngine.start(EngineConfig(model=str(model_dir)))
     try:
@@ -179,13 +179,14 @@ def main() -> None:
     from ner.readers import read_dataset
     from nerve.models import resolve_model
     from nerve.paths import datasets_dir
+    from tuning.export import merge_adapter
 
     d = datasets_dir()
     if d is None:
         raise SystemExit("the shared datasets are not available (set NERVE_DATASETS)")
     pool = [e.text for e in read_dataset(d / "cluener" / "dev.jsonl")[:200]]
     levels = [int(x) for x in args.levels.split(",")]
-    model_dir = resolve_model(args.model)
+    model_dir = resolve_model(args.model, merge=merge_adapter)
     RESULTS.mkdir(parents=True, exist_ok=True)
     REPORTS.mkdir(parents=True, exist_ok=True)
     data = {"model": model_dir.name, "direct": asyncio.run(direct_phase(model_dir, pool, levels))}

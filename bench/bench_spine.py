@@ -102,8 +102,8 @@ def stage_hf(model_dir: Path, n: int, max_new_tokens: int, chunks: int = 2, hf_d
     from ner.parsing import AnswerParseError, ground, parse_answer
     from ner.prompts import render_prompt
     from ner.scoring import Scorer
-    from service.engine import EngineConfig, VllmEngine
-    from service.pipeline import Extractor
+    from nerve.engines.vllm import EngineConfig, VllmEngine
+    from nerve.extraction import Extractor
 
     torch.set_num_threads(2)
     examples = cluener_dev(n)
@@ -212,7 +212,7 @@ def stage_hf(model_dir: Path, n: int, max_new_tokens: int, chunks: int = 2, hf_d
 
 
 async def run_extractor(engine, card, examples, constrained=True, grounded=False):
-    from service.pipeline import Extractor, evaluate
+    from nerve.extraction import Extractor, evaluate
 
     ex = Extractor(engine, card, constrained=constrained, grounded=grounded)
     t0 = time.perf_counter()
@@ -231,8 +231,8 @@ async def run_extractor(engine, card, examples, constrained=True, grounded=False
 
 def stage_vllm(model_dir: Path, n: int, backend: str = "xgrammar", stage: str = "vllm",
                unconstrained: bool = True) -> None:
-    from service.engine import EngineConfig, VllmEngine
-    from service.pipeline import Extractor
+    from nerve.engines.vllm import EngineConfig, VllmEngine
+    from nerve.extraction import Extractor
 
     examples = cluener_dev(n)
     card = card_for(model_dir, "cluener")
@@ -278,8 +278,8 @@ def stage_overhead(model_dir: Path, n: int, chunks: int = 4) -> None:
     """
     from dataclasses import replace
 
-    from service.engine import EngineConfig, VllmEngine
-    from service.pipeline import Extractor
+    from nerve.engines.vllm import EngineConfig, VllmEngine
+    from nerve.extraction import Extractor
 
     examples = cluener_dev(n)
     card = card_for(model_dir, "cluener")
@@ -346,7 +346,7 @@ def stage_mask(model_dir: Path, repeats: int = 30) -> None:
     from transformers import AutoConfig, AutoTokenizer
 
     from ner.schema import output_spec
-    from service.engine import grammar_mask_functions
+    from nerve.engines.cpu_plugin import grammar_mask_functions
 
     vllm_apply, nerve_apply = grammar_mask_functions()
     card = card_for(model_dir, "cluener")
@@ -444,8 +444,8 @@ def stage_backends(model_dir: Path, n: int, chunks: int, outlines_cap: float) ->
     request with the bounded schema shows whether outlines can compile it.
     """
     from ner.schema import output_spec
-    from service.engine import EngineConfig, GenerationRequest, VllmEngine
-    from service.pipeline import Extractor
+    from nerve.engines.vllm import EngineConfig, GenerationRequest, VllmEngine
+    from nerve.extraction import Extractor
 
     examples = cluener_dev(n)
     card = card_for(model_dir, "cluener")
@@ -530,8 +530,8 @@ def stage_grounded(model_dir: Path, n: int, chunks: int) -> None:
     The schema grammars are compiled before timing, as a running server has them; grounded grammars are
     compiled per request, inside the timed runs.
     """
-    from service.engine import EngineConfig, VllmEngine
-    from service.pipeline import Extractor
+    from nerve.engines.vllm import EngineConfig, VllmEngine
+    from nerve.extraction import Extractor
 
     out = {"chunks": chunks}
     for preset, examples in (("cluener", cluener_dev(n)), ("conll2003", conll_testb(n))):
@@ -563,8 +563,8 @@ def conll_testb(n: int | None = None):
 
 def stage_zeroshot(model_dir: Path) -> None:
     from ner.readers import read_dataset
+    from nerve.engines.vllm import EngineConfig, VllmEngine
     from nerve.reports import write_report
-    from service.engine import EngineConfig, VllmEngine
 
     d = datasets()
     sets = [("cluener-dev", "cluener", d / "cluener" / "dev.jsonl"),
@@ -607,8 +607,9 @@ def main() -> None:
                     help="seconds the outlines run (schema without bounds) gets before it is stopped")
     args = ap.parse_args()
     from nerve.models import resolve_model
+    from tuning.export import merge_adapter
 
-    model_dir = resolve_model(args.model)
+    model_dir = resolve_model(args.model, merge=merge_adapter)
     for stage in args.stages.split(","):
         if stage == "hf":
             stage_hf(model_dir, args.hf_n, args.max_new_tokens, args.chunks, args.hf_dtype)

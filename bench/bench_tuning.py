@@ -1,7 +1,7 @@
 """Real tuning runs on this machine, scored like the service scores them (report: bench/reports/tuning.md).
 
 Stages (each trains with ``tuning.run.tune``, exports with ``tuning.export.export_checkpoint``, then scores the
-exported checkpoint through ``service.pipeline.run_with_extractor``, i.e. the engine ``nerve serve`` would use):
+exported checkpoint through ``nerve.extraction.run_with_extractor``, i.e. the engine ``nerve serve`` would use):
 
 * ``minilm``: MiniLM-L6 token classification on CoNLL-2003 train, scored on the full testb; the span scores
   are cross-checked against seqeval on the CoNLL tokens.
@@ -63,9 +63,9 @@ def train_and_export(name: str, config: str, overrides: list[str], reuse: bool =
 def score_checkpoint(model_dir: Path, examples, card=None, name: str = "", meta: dict | None = None):
     """Scores of a checkpoint on examples through the serving engine; writes a report under reports/tuning/."""
     from ner.card import TaskCard
+    from nerve.engines.vllm import EngineConfig
+    from nerve.extraction import Limits, evaluate, run_with_extractor
     from nerve.reports import write_report
-    from service.engine import EngineConfig
-    from service.pipeline import Limits, evaluate, run_with_extractor
 
     card = card or TaskCard.load(model_dir)
 

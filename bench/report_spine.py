@@ -171,7 +171,7 @@ def write() -> Path:
                           " before sampling. On CUDA that is one GPU kernel. On CPU, vLLM converts the whole logits"
                           " batch to float32, runs xgrammar's single-threaded CPU kernel over the full vocabulary"
                           " (151,936 entries for Qwen2.5) and converts back; nerve installs (as a vLLM general plugin,"
-                          " `service.engine.register_vllm_plugin`) a replacement that unpacks the bitmask with numpy"
+                          " `nerve.engines.cpu_plugin.register_vllm_plugin`) a replacement that unpacks the bitmask with numpy"
                           " and masks the logits in their own dtype with one `masked_fill_`. The result is"
                           " bit-identical (tests/test_cpu_grammar_mask.py); `EngineConfig.cpu_grammar_mask=\"vllm\"`"
                           " restores vLLM's path.", ""]

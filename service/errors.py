@@ -17,9 +17,8 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from ner.readers import DatasetFormatError
-
-from .engine import EngineDead, EngineError
-from .pipeline import InputError, SchemaBudgetExceeded
+from nerve.engines.base import EngineDead, EngineError
+from nerve.extraction import InputError, SchemaBudgetExceeded
 
 log = logging.getLogger("nerve.service")
 

@@ -35,14 +35,16 @@ import grpc
 from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from nerve_client._proto.nerve.v1 import service_pb2
+from nerve_client.pb import service_pb2
+
+from nerve.engines.base import Engine
+from nerve.engines.encoder import EncoderConfig
+from nerve.extraction import Limits, load_card, open_extractor
+from nerve.models import Merge
 
 from .config import ServeConfig
-from .encoder_engine import EncoderConfig, EncoderEngine, EncoderExtractor, is_encoder_checkpoint
-from .engine import EngineConfig, VllmEngine
 from .errors import decoding
 from .metrics import Metrics
-from .pipeline import Extractor, Limits, load_card
 from .servicer import NerveServicer, ServerState
 
 log = logging.getLogger("nerve.server")
@@ -215,12 +217,15 @@ def add_reflection(server: grpc.aio.Server, services: tuple[str, ...]) -> None:
 class NerveServer:
     """One nerve server process (usable in-process by tests)."""
 
-    def __init__(self, cfg: ServeConfig, *, metrics: Metrics | None = None):
+    def __init__(self, cfg: ServeConfig, *, metrics: Metrics | None = None, merge: Merge | None = None):
+        """``merge`` lets the server pull a registry model that is an adapter merged into its base
+        (:data:`nerve.models.Merge`); without it such a model must have been pulled before."""
         self.cfg = cfg
+        self._merge = merge
         self.metrics = metrics or Metrics()
         self.state = ServerState()
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
-        self.engine: VllmEngine | EncoderEngine | None = None
+        self.engine: Engine | None = None
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._stopped = asyncio.Event()
@@ -265,20 +270,15 @@ class NerveServer:
         from nerve.models import resolve_model
 
         try:
-            path = await asyncio.to_thread(resolve_model, self.cfg.model, log=log.info)
+            path = await asyncio.to_thread(resolve_model, self.cfg.model, log=log.info, merge=self._merge)
             card = load_card(path, self.cfg.task)
-            limits = Limits(max_text_chars=self.cfg.max_text_chars, max_batch_texts=self.cfg.max_batch_texts,
-                            max_batch_bytes=self.cfg.max_batch_bytes,
+            limits = Limits(max_text_chars=self.cfg.max_text_chars,
                             new_schemas_per_minute=self.cfg.max_new_schemas_per_minute)
-            if is_encoder_checkpoint(path):  # token classification: no vLLM, a micro-batcher instead
-                engine_cfg = EncoderConfig(model=str(path), max_batch=self.cfg.encoder_max_batch,
-                                           max_wait_ms=self.cfg.encoder_max_wait_ms)
-                self.engine = await EncoderEngine.start(engine_cfg)
-                extractor = EncoderExtractor(self.engine, card, limits=limits)
-            else:
-                engine_cfg = EngineConfig(**{**vars(self.cfg.engine), "model": str(path)})
-                self.engine = await VllmEngine.start(engine_cfg)
-                extractor = Extractor(self.engine, card, grounded=self.cfg.grounded, limits=limits)
+            encoder = EncoderConfig(model=str(path), max_batch=self.cfg.encoder_max_batch,
+                                    max_wait_ms=self.cfg.encoder_max_wait_ms)
+            extractor = await open_extractor(path, card, engine=self.cfg.engine, encoder=encoder, limits=limits,
+                                             grounded=self.cfg.grounded)
+            self.engine = extractor.engine
             if self.cfg.warmup:
                 await extractor.warm_up()
         except Exception:
@@ -287,7 +287,7 @@ class NerveServer:
         self.state.model_name = Path(self.cfg.model).name
         self.state.model_path = str(path)
         self.metrics.model_info.labels(self.state.model_name, self.engine.version,
-                                       engine_cfg.structured_backend, card.name, self.engine.dtype.dtype).set(1)
+                                       self.engine.structured_backend, card.name, self.engine.dtype.dtype).set(1)
         if self.state.draining:
             return
         self.state.extractor = extractor
@@ -301,11 +301,10 @@ class NerveServer:
         engine = self.engine
         if engine is None:
             return None
-        if getattr(engine, "dead", False):
-            return "dead", getattr(engine, "death", None) or "the engine process died"
+        if engine.dead:
+            return "dead", engine.death
         stall = self.cfg.engine_stall_seconds
-        stalled = getattr(engine, "stalled", None)
-        if stall > 0 and stalled is not None and stalled(stall):
+        if stall > 0 and engine.stalled(stall):
             return "stalled", f"requests have been pending for {stall:g} s with no engine output"
         return None
 
@@ -372,9 +371,9 @@ class NerveServer:
         await self._stopped.wait()
 
 
-async def serve(cfg: ServeConfig) -> int:
+async def serve(cfg: ServeConfig, *, merge: Merge | None = None) -> int:
     """Run until SIGTERM/SIGINT; returns the exit status (0 after a clean drain, 1 if the model failed)."""
-    server = NerveServer(cfg)
+    server = NerveServer(cfg, merge=merge)
     if cfg.metrics_port:
         server.metrics.serve(cfg.metrics_port, cfg.metrics_host or cfg.host)
         log.info("metrics on http://%s:%s/metrics", cfg.metrics_host or cfg.host, cfg.metrics_port)

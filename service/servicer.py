@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from nerve_client._proto.nerve.v1 import service_pb2 as spb
-from nerve_client._proto.nerve.v1 import service_pb2_grpc
-from nerve_client._proto.nerve.v1 import types_pb2 as tpb
+from nerve_client.pb import service_pb2 as spb
+from nerve_client.pb import service_pb2_grpc
+from nerve_client.pb import types_pb2 as tpb
 
 from ner.prompts import answer_format
 from ner.readers import DatasetFormatError, NoEntitiesError, detect_format, iter_dataset
@@ -25,6 +25,7 @@ from ner.readers.conll import normalize_scheme
 from ner.schema import output_spec
 from ner.scoring import LabelScore
 from ner.types import Entity, Example
+from nerve.extraction import ExtractionResult, ExtractorBase, InputError, RunningScore
 
 from .config import ServeConfig
 from .errors import (
@@ -40,7 +41,6 @@ from .errors import (
     unary,
 )
 from .metrics import Metrics
-from .pipeline import ExtractionResult, Extractor, ExtractorBase, InputError, RunningScore
 
 log = logging.getLogger("nerve.service")
 
@@ -191,7 +191,7 @@ _MAX_PATH_CHARS = 4096
 class ServerState:
     """What the servicer needs to know about the server's life cycle."""
 
-    extractor: Extractor | None = None
+    extractor: ExtractorBase | None = None
     draining: bool = False
     model_name: str = ""
     model_path: str = ""
@@ -220,7 +220,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
 
     # -- helpers ---------------------------------------------------------------------------------------------
 
-    def _extractor(self) -> Extractor:
+    def _extractor(self) -> ExtractorBase:
         if self.state.failure:
             raise NotReady(f"{self.state.failure}; retry on another replica")
         if self.state.draining:
@@ -269,15 +269,19 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
         """Texts one evaluation keeps in flight: at most the engine's batch, and all evaluations together at
         most half of ``max_queue``."""
         share = self.cfg.max_queue // (2 * self.cfg.max_concurrent_evaluations)
-        return max(1, min(self.cfg.engine.max_num_seqs, share))
+        return max(1, min(self._capacity(), share))
+
+    def _capacity(self) -> int:
+        """Texts the loaded engine works on at once (vLLM's ``max_num_seqs``, the encoder's batch)."""
+        ex = self.state.extractor
+        return ex.engine.capacity if ex is not None else self.cfg.engine.max_num_seqs
 
     def _set_inflight(self, value: int) -> None:
         if value < self.state.inflight:
             self._room.set()
         self.state.inflight = value
         self.metrics.inflight.set(value)
-        capacity = self.cfg.engine.max_num_seqs
-        self.metrics.queued.set(max(0, value - capacity))
+        self.metrics.queued.set(max(0, value - self._capacity()))
 
     @staticmethod
     def _check_deadline(context: grpc.aio.ServicerContext) -> None:
@@ -389,7 +393,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
             model_name=self.state.model_name,
             revision=self.state.model_path,
             engine=eng.version,
-            structured_output_backend=eng.config.structured_backend,
+            structured_output_backend=eng.structured_backend,
             task_card=tpb.TaskCard(
                 name=card.name, language=card.language, template_id=card.template,
                 labels=[tpb.Label(name=lab.name, description=lab.description) for lab in card.labels],
@@ -452,7 +456,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
             raise DeadlineExpired(f"no Evaluate message arrived for {idle:g} s (the server's eval_idle_seconds);"
                                   " the call was ended") from None
 
-    def _evaluation_plan(self, config: spb.EvaluateConfig, ex: Extractor) -> _EvalPlan:
+    def _evaluation_plan(self, config: spb.EvaluateConfig, ex: ExtractorBase) -> _EvalPlan:
         if config.limit < 0:
             raise InputError("limit must not be negative")
         labels = list(dict.fromkeys(config.labels)) or None
@@ -463,7 +467,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
                          cap=cap, include_errors=config.include_errors)
 
     async def _dataset_examples(self, dataset: spb.DatasetSource, stream: AsyncIterator[spb.EvaluateRequest],
-                                plan: _EvalPlan, ex: Extractor,
+                                plan: _EvalPlan, ex: ExtractorBase,
                                 context: grpc.aio.ServicerContext) -> deque[tuple[Example, int, Any]]:
         """The examples of a server-side dataset, each checked, all before the first is scored.
 
@@ -498,7 +502,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
                              " call (pass a smaller limit)")
         return checked
 
-    async def _inline_examples(self, stream: AsyncIterator[spb.EvaluateRequest], plan: _EvalPlan, ex: Extractor,
+    async def _inline_examples(self, stream: AsyncIterator[spb.EvaluateRequest], plan: _EvalPlan, ex: ExtractorBase,
                                context: grpc.aio.ServicerContext) -> AsyncIterator[tuple[Example, int, Any]]:
         """The streamed examples, each checked as it arrives; reading stops after ``limit`` examples, and the
         call fails at the first example beyond the server's cap."""
@@ -522,7 +526,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
             if index % _CHECK_STEP == 0:
                 await asyncio.sleep(0)  # messages that were already buffered do not hold the event loop
 
-    async def _score(self, ex: Extractor, plan: _EvalPlan, source: AsyncIterator[tuple[Example, int, Any]],
+    async def _score(self, ex: ExtractorBase, plan: _EvalPlan, source: AsyncIterator[tuple[Example, int, Any]],
                      total: int | None, received: float, rec: RpcRecorder) -> AsyncIterator[spb.EvaluateResponse]:
         """Score examples as ``source`` yields them, a window at a time; progress while they finish, then the
         report. ``total`` is the progress total until ``source`` is exhausted, the count of examples after.

@@ -68,7 +68,7 @@ def loop_thread():
 
 
 def start_engine(loop_thread, model_dir: Path, **overrides):
-    from service.engine import EngineConfig, VllmEngine
+    from nerve.engines.vllm import EngineConfig, VllmEngine
 
     cfg = EngineConfig(model=str(model_dir), max_model_len=overrides.pop("max_model_len", 8192),
                        kv_cache_gb=overrides.pop("kv_cache_gb", 1.0), **overrides)
@@ -89,7 +89,7 @@ class Running:
     def __init__(self, loop_thread, server):
         import grpc
         from grpc_health.v1 import health_pb2_grpc
-        from nerve_client._proto.nerve.v1 import service_pb2_grpc
+        from nerve_client.pb import service_pb2_grpc
 
         self.loop_thread = loop_thread
         self.server = server
@@ -123,8 +123,8 @@ def start_server(loop_thread, tiny_engine):
     from dataclasses import replace
 
     from ner.card import TaskCard
+    from nerve.extraction import Extractor, Limits
     from service.config import ServeConfig
-    from service.pipeline import Extractor, Limits
     from service.server import NerveServer
 
     running: list[Running] = []

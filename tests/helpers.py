@@ -48,3 +48,30 @@ class LoopThread:
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
+
+
+class StubEngine:
+    """An :class:`nerve.engines.base.Engine` that loads nothing, for extractors that compute their own answers."""
+
+    version = "stub 0"
+    tokenizer = None
+    max_model_len = 4096
+    structured_backend = "none"
+    dead = False
+    death = ""
+
+    def __init__(self, capacity: int = 64) -> None:
+        from nerve.hardware import DtypeChoice
+
+        self.dtype = DtypeChoice("float32", "a stub engine")
+        self.capacity = capacity
+        self.closed = False
+
+    def stalled(self, seconds: float) -> bool:
+        return False
+
+    async def check_health(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self.closed = True

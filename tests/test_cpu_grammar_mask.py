@@ -15,14 +15,14 @@ torch = pytest.importorskip("torch")
 xgr = pytest.importorskip("xgrammar")
 vllm_utils = pytest.importorskip("vllm.v1.structured_output.utils")
 
-from service.engine import (  # noqa: E402
+from nerve.engines.cpu_plugin import (  # noqa: E402
     CPU_GRAMMAR_MASK_ENV,
-    EngineConfig,
     _cpu_grammar_mask,
     apply_bitmask_cpu,
     grammar_mask_functions,
     register_vllm_plugin,
 )
+from nerve.engines.vllm import EngineConfig  # noqa: E402
 
 
 def vllm_apply():

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from ner.card import SchemaBounds, TaskCard
-from service.pipeline import Extractor, InputError, Limits, evaluate
+from nerve.extraction import Extractor, InputError, Limits, evaluate
 
 pytestmark = pytest.mark.engine
 
@@ -83,7 +83,7 @@ def test_context_budget_is_checked(loop_thread, tiny_qwen_dir) -> None:
 
 
 def test_cancellation_aborts_and_frees_the_engine(loop_thread, tiny_engine) -> None:
-    from service.engine import GenerationRequest
+    from nerve.engines.vllm import GenerationRequest
 
     card = TaskCard.load(tiny_engine.config.model)
     ex = Extractor(tiny_engine, card)
@@ -172,7 +172,7 @@ def test_other_structured_backends_parse(loop_thread, tiny_qwen_dir, backend: st
 
 
 def test_engine_reports_missing_checkpoint(loop_thread, tmp_path) -> None:
-    from service.engine import EngineConfig, EngineError, VllmEngine
+    from nerve.engines.vllm import EngineConfig, EngineError, VllmEngine
 
     with pytest.raises(EngineError, match="not a checkpoint folder"):
         loop_thread.run(VllmEngine.start(EngineConfig(model=str(tmp_path))))
@@ -219,7 +219,7 @@ def test_engine_dtype_auto_reaches_vllm(tiny_engine) -> None:
 
 
 def test_engine_block_size_defaults_to_the_finest_the_cpu_takes(tiny_engine) -> None:
-    from service.engine import CPU_BLOCK_SIZE
+    from nerve.engines.vllm import CPU_BLOCK_SIZE
 
     assert tiny_engine.config.block_size is None
     assert tiny_engine._llm.vllm_config.cache_config.block_size == CPU_BLOCK_SIZE == 32
@@ -229,7 +229,7 @@ def test_engine_block_size_defaults_to_the_finest_the_cpu_takes(tiny_engine) -> 
 def test_engine_explicit_dtype_wins(loop_thread, tiny_qwen_dir) -> None:
     import torch
 
-    from service.engine import GenerationRequest
+    from nerve.engines.vllm import GenerationRequest
     from tests.conftest import start_engine
 
     engine = start_engine(loop_thread, tiny_qwen_dir, dtype="float32", max_model_len=1024, block_size=64)
@@ -251,7 +251,7 @@ def test_engine_explicit_dtype_wins(loop_thread, tiny_qwen_dir) -> None:
 def test_ngram_speculation_reaches_vllm_and_keeps_greedy_answers(loop_thread, tiny_qwen_dir) -> None:
     """Prompt-lookup drafts are verified by the model: under the schema the answers equal plain greedy decoding."""
     from ner.card import TaskCard
-    from service.pipeline import Extractor
+    from nerve.extraction import Extractor
     from tests.conftest import start_engine
 
     texts = ["Peter Blackburn met Peter Blackburn in Brussels .", "温格的球队终于又踢了一场经典的比赛，2比1战胜曼联之后",

@@ -17,8 +17,8 @@ import grpc
 import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from nerve_client._proto.nerve.v1 import service_pb2 as spb
-from nerve_client._proto.nerve.v1 import service_pb2_grpc
+from nerve_client.pb import service_pb2 as spb
+from nerve_client.pb import service_pb2_grpc
 
 from tests.test_serve_process import free_port, wait_serving
 

@@ -22,16 +22,17 @@ import grpc
 import psutil
 import pytest
 from grpc_health.v1 import health_pb2
-from nerve_client._proto.nerve.v1 import service_pb2 as spb
-from nerve_client._proto.nerve.v1 import types_pb2 as tpb
+from nerve_client.pb import service_pb2 as spb
+from nerve_client.pb import types_pb2 as tpb
 
 from ner.card import TaskCard
 from ner.readers import iter_dataset
 from ner.types import Entity, Example
+from nerve.extraction import ExtractionResult, ExtractorBase, InputError, RunningScore, Usage
 from service.config import ServeConfig
-from service.pipeline import ExtractionResult, ExtractorBase, InputError, RunningScore, Usage
 from service.server import NerveServer
 from tests.conftest import Running
+from tests.helpers import StubEngine
 
 INLINE = spb.EvaluateConfig(inline_examples=spb.InlineSource())
 
@@ -42,6 +43,7 @@ class QuickExtractor(ExtractorBase):
 
     def __init__(self, max_text_chars: int, gate: asyncio.Event | None = None) -> None:
         self.card = TaskCard.preset("cluener")
+        self.engine = StubEngine()
         self.max_text_chars = max_text_chars
         self.gate = gate
         self.running = 0

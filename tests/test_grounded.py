@@ -61,7 +61,7 @@ def test_budget_covers_longest_grounded_answer() -> None:
 
 @pytest.mark.engine
 def test_grounded_decoding_never_hallucinates(loop_thread, tiny_engine) -> None:
-    from service.pipeline import Extractor
+    from nerve.extraction import Extractor
 
     ex = Extractor(tiny_engine, TaskCard.load(tiny_engine.config.model), grounded=True)
     texts = ["彭小军认为，国内银行现在走的是台湾的发卡模式", "Peter Blackburn met \"Bob\" in Rome .", "x"]
@@ -76,7 +76,7 @@ def test_grounded_decoding_never_hallucinates(loop_thread, tiny_engine) -> None:
 @pytest.mark.engine
 def test_grounded_long_input_gets_the_remaining_context(tiny_engine) -> None:
     """A long input's worst-case grounded answer exceeds the context: the request is capped, not refused."""
-    from service.pipeline import Extractor
+    from nerve.extraction import Extractor
 
     ex = Extractor(tiny_engine, TaskCard.load(tiny_engine.config.model), grounded=True)
     text = " ".join(f"Word{i}" for i in range(100))

@@ -21,16 +21,17 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from nerve_client._proto.nerve.v1 import service_pb2 as spb
-from nerve_client._proto.nerve.v1 import types_pb2 as tpb
+from nerve_client.pb import service_pb2 as spb
+from nerve_client.pb import types_pb2 as tpb
 
 from ner.card import TaskCard
+from nerve.extraction import ExtractionResult, ExtractorBase, InputError, Usage
 from service.config import ServeConfig, load_config
 from service.errors import MAX_REQUEST_ID, clean_request_id
-from service.pipeline import ExtractionResult, ExtractorBase, InputError, Usage
 from service.server import NerveServer, server_options
 from service.servicer import _read_server_dataset
 from tests.conftest import Running
+from tests.helpers import StubEngine
 
 EXTRACT = "/nerve.v1.NerveService/Extract"
 EVALUATE = "/nerve.v1.NerveService/Evaluate"
@@ -42,6 +43,7 @@ class StubExtractor(ExtractorBase):
 
     def __init__(self) -> None:
         self.card = TaskCard.preset("cluener")
+        self.engine = StubEngine()
 
     def prepare(self, text: str, labels=None, max_entities: int | None = None) -> None:
         if not text.strip():

@@ -75,7 +75,7 @@ def test_this_machine_is_described_consistently() -> None:
 
 
 def test_engine_config_rejects_unknown_dtypes() -> None:
-    from service.engine import EngineConfig
+    from nerve.engines.vllm import EngineConfig
 
     assert EngineConfig().dtype == "auto"
     with pytest.raises(ValueError, match="dtype must be one of"):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from nerve_client._proto.nerve.v1 import service_pb2 as spb
+from nerve_client.pb import service_pb2 as spb
 
 from ner.card import TaskCard
-from service.pipeline import Extractor, Limits, SchemaBudget
+from nerve.extraction import Extractor, Limits, SchemaBudget
 
 
 def test_budget_refills_at_its_rate() -> None:
@@ -42,9 +42,9 @@ def test_new_schemas_beyond_the_budget_are_resource_exhausted(start_server, tiny
 
 @pytest.mark.engine
 def test_known_schemas_are_bounded(loop_thread, tiny_engine, monkeypatch) -> None:
-    import service.pipeline as pipeline
+    import nerve.extraction.generative as generative
 
-    monkeypatch.setattr(pipeline, "SCHEMAS_REMEMBERED", 2)
+    monkeypatch.setattr(generative, "SCHEMAS_REMEMBERED", 2)
     card = TaskCard.load(tiny_engine.config.model)
     ex = Extractor(tiny_engine, card)
     names = [lab.name for lab in card.labels]

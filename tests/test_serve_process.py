@@ -15,9 +15,9 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from nerve_client._proto.nerve.v1 import service_pb2 as spb
-from nerve_client._proto.nerve.v1 import service_pb2_grpc
-from nerve_client._proto.nerve.v1 import types_pb2 as tpb
+from nerve_client.pb import service_pb2 as spb
+from nerve_client.pb import service_pb2_grpc
+from nerve_client.pb import types_pb2 as tpb
 
 pytestmark = [pytest.mark.engine, pytest.mark.real_model]
 

@@ -12,13 +12,13 @@ import pytest
 from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from nerve_client._proto.nerve.v1 import service_pb2 as spb
-from nerve_client._proto.nerve.v1 import types_pb2 as tpb
+from nerve_client.pb import service_pb2 as spb
+from nerve_client.pb import types_pb2 as tpb
 from prometheus_client import generate_latest
 
 from ner.card import TaskCard
-from service.engine import EngineConfig
-from service.pipeline import Extractor
+from nerve.engines.vllm import EngineConfig
+from nerve.extraction import Extractor
 from service.server import SERVICE_NAME
 
 pytestmark = pytest.mark.engine
@@ -593,7 +593,7 @@ OFFSETS_TEXT = "🙂🙂 Angela Merkel visited Paris with Ame\u0301lie ."
 def _spans_extractor(r) -> None:
     """Make the server's extractor return fixed, grounded spans of OFFSETS_TEXT (the model is random)."""
     from ner.types import Entity
-    from service.pipeline import ExtractionResult
+    from nerve.extraction import ExtractionResult
 
     async def extract(text, **kwargs):
         spans = [("PER", "Angela Merkel"), ("LOC", "Paris"), ("PER", "Ame\u0301lie")]

@@ -4,8 +4,7 @@ Entry points (plain functions the ``nerve`` CLI wires up):
 
 * :func:`tuning.run.tune` — ``tune(config_path, overrides) -> run_dir``
 * :func:`tuning.export.export_checkpoint` — a run / adapter -> a servable, verified checkpoint
-* :func:`tuning.data.data_report` — entity counts and token lengths of a dataset for a model
-* :class:`tuning.encoder.EncoderExtractor` — serve a token-classification model
+* :func:`tuning.report.data_report` — entity counts and token lengths of a dataset for a model
 
 Importing this package is cheap; the heavy modules load on first use.
 """
@@ -20,13 +19,12 @@ _EXPORTS = {
     "run_config": "tuning.run",
     "export_checkpoint": "tuning.export",
     "ExportError": "tuning.export",
-    "data_report": "tuning.data",
+    "data_report": "tuning.report",
     "DataReport": "tuning.data",
     "load_config": "tuning.config",
     "TuneConfig": "tuning.config",
     "ConfigError": "tuning.config",
     "config_help": "tuning.config",
-    "EncoderExtractor": "tuning.encoder",
     "METHODS": "tuning.methods",
     "MethodUnavailableError": "tuning.methods",
 }

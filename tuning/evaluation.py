@@ -2,7 +2,7 @@
 
 At every evaluation the model being trained is saved (adapter or full weights), exported to a temporary merged
 checkpoint with :func:`tuning.export.export_checkpoint` (the same code as a real export, logits checked) and
-scored by :func:`service.pipeline.evaluate_checkpoint`: vLLM, constrained greedy decoding, strict span F1. So
+scored by :func:`nerve.extraction.evaluate_checkpoint`: vLLM, constrained greedy decoding, strict span F1. So
 the number that picks the best checkpoint is the number the service will deliver. A few dev prompts are also
 decoded without the schema: ``stop_rate`` is the share whose answer parses and ends with the model's end token,
 the check that training taught the model to stop.
@@ -33,13 +33,13 @@ EVAL_MAX_MODEL_LEN = 8192
 
 
 def engine_unavailable_reason() -> str | None:
-    """Why :func:`service.pipeline.evaluate_checkpoint` cannot be used here (None when it can)."""
+    """Why :func:`nerve.extraction.evaluate_checkpoint` cannot be used here (None when it can)."""
     try:
-        pipeline = importlib.import_module("service.pipeline")
+        pipeline = importlib.import_module("nerve.extraction")
     except Exception as exc:  # ImportError, or vLLM failing at import time
-        return f"service.pipeline cannot be imported ({type(exc).__name__}: {exc})"
+        return f"nerve.extraction cannot be imported ({type(exc).__name__}: {exc})"
     if not hasattr(pipeline, "evaluate_checkpoint"):
-        return "service.pipeline has no evaluate_checkpoint"
+        return "nerve.extraction has no evaluate_checkpoint"
     if importlib.util.find_spec("vllm") is None:
         return "vLLM is not installed"
     return None
@@ -60,7 +60,7 @@ class EngineEvaluator:
         self.description = f"engine span F1 (vLLM, constrained greedy) on {len(self.examples)} dev examples"
 
     def __call__(self, saved: Path, step: int) -> dict[str, float]:
-        from service.pipeline import evaluate_checkpoint
+        from nerve.extraction import evaluate_checkpoint
 
         from .export import export_checkpoint
 
@@ -85,7 +85,7 @@ class EngineEvaluator:
         """Engine settings for scoring: the context capped by the model's own limit (tiny models have small ones)."""
         import json
 
-        from service.engine import EngineConfig
+        from nerve.engines.vllm import EngineConfig
 
         config = json.loads((Path(model_dir) / "config.json").read_text())
         limit = config.get("max_position_embeddings") or EVAL_MAX_MODEL_LEN

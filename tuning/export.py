@@ -16,7 +16,7 @@ back, must hold exactly the tensors that were saved and, when saved in float32, 
 logits (at 16 bits the rounding drift from the float32 merge is logged). The folder is written next to ``out_dir`` and
 renamed into place only after these checks; on failure :class:`ExportError` is raised and nothing is left.
 
-Token-classification runs export their tagger folder (see :mod:`tuning.encoder`) with the card
+Token-classification runs export their tagger folder (see :mod:`nerve.engines.token_tagger`) with the card
 (``metrics.kind = "token-cls"``) after the same load-back check.
 """
 
@@ -36,7 +36,7 @@ import torch
 from ner.card import CARD_FILENAME, TaskCard, chat_template_sha256
 from ner.prompts import render_prompt, render_training_pair
 from ner.types import Entity
-from nerve.models import readable
+from nerve.models import ModelError, readable
 
 from .data import end_of_turn, generation_eos_ids
 
@@ -244,6 +244,15 @@ def _staged(out: Path):
         raise
 
 
+def merge_adapter(adapter_dir: Path, out_dir: Path, card: TaskCard) -> None:
+    """:data:`nerve.models.Merge` for the registry: :func:`export_checkpoint` of an adapter folder, quietly,
+    with a failed verification raised as :class:`~nerve.models.ModelError`."""
+    try:
+        export_checkpoint(adapter_dir, out_dir, card, progress=False)
+    except ExportError as exc:
+        raise ModelError(f"the merged model does not reproduce the adapter: {exc}") from exc
+
+
 def export_adapter(run_dir_or_adapter: str | Path, out_dir: str | Path, card: TaskCard | None = None, *,
                    dtype: str = "bfloat16", metrics: dict[str, Any] | None = None) -> Path:
     """Export a LoRA run / checkpoint / adapter as an adapter folder with its own task card (no merge).
@@ -393,7 +402,8 @@ def _base_config(base_dir: Path | None):
 
 
 def _export_tagger(source: Path, staging: Path, card: TaskCard, run: dict, metrics: dict | None) -> None:
-    from .encoder import ENCODER_FILENAME, EncoderExtractor
+    from ner.card import ENCODER_FILENAME
+    from nerve.engines.token_tagger import Tagger
 
     for item in source.iterdir():
         if item.is_file() and item.name != CARD_FILENAME:
@@ -406,7 +416,7 @@ def _export_tagger(source: Path, staging: Path, card: TaskCard, run: dict, metri
     final = replace(final, chat_template_sha256=None)  # an encoder has no chat template
     final.save(staging)
     texts = SAMPLE_TEXTS["zh" if card.language == "zh" else "en"]
-    a, b = EncoderExtractor(source), EncoderExtractor(staging)
+    a, b = Tagger(source), Tagger(staging)
     enc = a.tokenizer(texts, return_tensors="pt", padding=True)
     with torch.no_grad():
         la, lb = a.tagger.emissions(enc["input_ids"], enc["attention_mask"]), b.tagger.emissions(

@@ -302,7 +302,7 @@ class TokenCls(Method):
         return build_tagger(model_path, tags, crf=m.crf, lora=lora, dtype=self.train_dtype(cfg))
 
     def save_final(self, trainer, out_dir: Path, *, max_length: int = 512, **kw) -> Path:
-        from .encoder import save_tagger
+        from nerve.engines.token_tagger import save_tagger
 
         if trainer.is_world_process_zero():  # token-cls models are small: no sharded saving
             save_tagger(trainer.accelerator.unwrap_model(trainer.model), trainer.processing_class, out_dir,

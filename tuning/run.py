@@ -43,7 +43,7 @@ from .data import (
     restrict_labels,
     sampled_label_lists,
 )
-from .export import RUN_FILENAME
+from .export import RUN_FILENAME, merge_adapter
 from .methods import compute_dtype, get_method, mixed_precision_bf16, trainable_summary
 
 logger = logging.getLogger("nerve.tuning")
@@ -195,7 +195,7 @@ def run_config(cfg: TuneConfig, *, callbacks: Sequence[Any] = (), console=None) 
     seed_everything(cfg.train.seed)
     main_process = int(os.environ.get("RANK", "0")) == 0
 
-    model_path = resolve_model(cfg.model.name_or_path)
+    model_path = resolve_model(cfg.model.name_or_path, merge=merge_adapter)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -14,7 +14,6 @@ from tuning.data import (
     Encoded,
     apply_max_length,
     check_encoded,
-    data_report,
     encode_causal,
     end_of_turn,
     load_splits,
@@ -24,6 +23,7 @@ from tuning.data import (
     restrict_labels,
     split_train_dev,
 )
+from tuning.report import data_report
 
 
 @pytest.fixture(scope="module")

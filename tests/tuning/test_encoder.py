@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from ner.types import Entity, Example
+from nerve.engines.crf import CRF
+from nerve.engines.token_tagger import Tagger, bio_tags, decode_word_tags, words_of
 from tests.tuning.conftest import EXAMPLES, synth_examples, tiny_overrides
-from tuning.crf import CRF
-from tuning.encoder import EncoderExtractor, TagStats, bio_tags, decode_word_tags, encode_token_cls, word_tags, words_of
+from tuning.encoder import TagStats, encode_token_cls, word_tags
 from tuning.run import tune
 
 TINY = EXAMPLES / "tiny_test.yaml"
@@ -130,7 +131,7 @@ def test_token_cls_variants_train_and_extract(tiny_bert_dir, synth_files, tmp_pa
     meta = json.loads((run / "final" / "nerve_encoder.json").read_text())
     assert meta["crf"] is ("--method.crf" in variant)
     assert not (run / "final" / "adapter_config.json").exists()  # LoRA is merged into a plain folder
-    extractor = EncoderExtractor(run / "final")
+    extractor = Tagger(run / "final")
     texts = [ex.text for ex in synth_examples(4, seed=9)] + ["word " * 300]  # the last needs two windows
     for text, ents in zip(texts, extractor.extract(texts), strict=True):
         for e in ents:  # Entity validates text == text[start:end]; labels come from the task
@@ -144,7 +145,7 @@ def test_token_cls_learns_entities_with_exact_offsets(tiny_bert_dir, tmp_path) -
 
     examples = synth_examples(5, seed=4)
     run = overfit_tagger(tiny_bert_dir, examples, tmp_path)
-    extractor = EncoderExtractor(run / "final")
+    extractor = Tagger(run / "final")
     preds = extractor.extract([ex.text for ex in examples])
     assert preds == [ex.entities for ex in examples]
     assert json.loads((run / "nerve_run.json").read_text())["metrics"]["dev"]["micro_f1"] == 1.0
@@ -154,4 +155,4 @@ def test_token_cls_learns_entities_with_exact_offsets(tiny_bert_dir, tmp_path) -
     card = TaskCard.load(out)
     assert card.metrics["kind"] == "token-cls" and card.metrics["crf"] is True
     assert card.metrics["dev"]["micro_f1"] == 1.0 and card.chat_template_sha256 is None
-    assert EncoderExtractor(out).extract([examples[0].text]) == [examples[0].entities]
+    assert Tagger(out).extract([examples[0].text]) == [examples[0].entities]

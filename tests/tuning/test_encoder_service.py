@@ -80,7 +80,7 @@ def test_concurrent_calls_share_forward_passes(tagger_server) -> None:
 
 
 def test_a_cancelled_request_costs_no_forward_pass(loop_thread, exported_tagger) -> None:
-    from service.encoder_engine import EncoderConfig, EncoderEngine
+    from nerve.engines.encoder import EncoderConfig, EncoderEngine
 
     path, examples = exported_tagger
 
@@ -126,8 +126,8 @@ async def _tag_together(engine, texts: list[str]) -> list:
 
 
 def test_a_failure_outside_the_forward_pass_fails_only_its_call(loop_thread, exported_tagger, monkeypatch) -> None:
-    from service.encoder_engine import EncoderConfig, EncoderEngine
-    from service.engine import EngineError
+    from nerve.engines.encoder import EncoderConfig, EncoderEngine
+    from nerve.engines.vllm import EngineError
 
     path, examples = exported_tagger
 
@@ -154,7 +154,7 @@ def test_a_failure_outside_the_forward_pass_fails_only_its_call(loop_thread, exp
 
 
 def test_a_bad_text_fails_only_its_own_call(loop_thread, exported_tagger, monkeypatch) -> None:
-    from service.encoder_engine import EncoderConfig, EncoderEngine
+    from nerve.engines.encoder import EncoderConfig, EncoderEngine
 
     path, examples = exported_tagger
     texts = [examples[0].text, examples[1].text, BAD, examples[3].text]
@@ -179,8 +179,8 @@ def test_a_bad_text_fails_only_its_own_call(loop_thread, exported_tagger, monkey
 
 
 def test_a_dead_worker_fails_calls_at_once(loop_thread, exported_tagger) -> None:
-    from service.encoder_engine import BATCH_SIZE_HISTORY, EncoderConfig, EncoderEngine
-    from service.engine import EngineDead, EngineError
+    from nerve.engines.encoder import BATCH_SIZE_HISTORY, EncoderConfig, EncoderEngine
+    from nerve.engines.vllm import EngineDead, EngineError
 
     path, examples = exported_tagger
 
@@ -234,7 +234,7 @@ def test_the_server_stops_when_the_encoder_worker_dies(loop_thread, exported_tag
 
 
 def test_encoder_checkpoint_is_detected(exported_tagger, tmp_path) -> None:
-    from service.encoder_engine import EncoderConfig, EncoderEngine, is_encoder_checkpoint
+    from nerve.engines.encoder import EncoderConfig, EncoderEngine, is_encoder_checkpoint
 
     path, _ = exported_tagger
     assert is_encoder_checkpoint(path) and not is_encoder_checkpoint(tmp_path)
@@ -244,7 +244,7 @@ def test_encoder_checkpoint_is_detected(exported_tagger, tmp_path) -> None:
 
 def test_deadline_is_honoured(tagger_server) -> None:
     running, examples = tagger_server
-    from nerve_client._proto.nerve.v1 import service_pb2 as spb
+    from nerve_client.pb import service_pb2 as spb
 
     t0 = time.perf_counter()
     with pytest.raises(grpc.RpcError) as err:

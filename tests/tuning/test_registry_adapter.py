@@ -12,6 +12,7 @@ import torch
 
 from nerve import models
 from nerve.models import ModelError, ModelSpec
+from tuning.export import merge_adapter
 
 
 def _adapter_spec(tiny_causal_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModelSpec:
@@ -51,7 +52,11 @@ def test_pull_merges_the_committed_adapter_and_matches_its_logits(tiny_causal_di
     from ner.card import TaskCard
 
     spec = _adapter_spec(tiny_causal_dir, tmp_path, monkeypatch)
-    merged_dir = models.pull_model(spec.name, log=lambda m: None)
+    # The registry does not merge by itself (merging is tuning's): without the merge step it says what to run.
+    with pytest.raises(ModelError, match="merged into tiny-base when it is pulled: run `nerve models pull tiny-tuned`"):
+        models.resolve_model(spec.name, log=lambda m: None)
+    assert not models.is_pulled(spec.name)
+    merged_dir = models.pull_model(spec.name, log=lambda m: None, merge=merge_adapter)
     assert models.is_pulled(spec.name) and sorted(p.name for p in merged_dir.parent.iterdir()) == [
         "tiny-base", "tiny-tuned"]
     card = TaskCard.load(merged_dir)
@@ -75,7 +80,7 @@ def test_a_changed_adapter_file_fails_the_pull_and_leaves_nothing(tiny_causal_di
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
     with pytest.raises(ModelError, match="checksum mismatch for .*adapter_model.safetensors"):
-        models.pull_model(spec.name, log=lambda m: None)
+        models.pull_model(spec.name, log=lambda m: None, merge=merge_adapter)
     assert not models.model_path(spec.name).exists()
 
 
@@ -121,5 +126,5 @@ def test_exported_adapter_is_what_the_registry_commits(tiny_causal_dir, synth_fi
                      base="tiny-base", adapter="tiny-tuned",
                      adapter_files=tuple((n, models.sha256_file(folder / n)) for n in names))
     monkeypatch.setitem(models.REGISTRY, spec.name, spec)
-    merged = models.pull_model(spec.name, log=lambda m: None)
+    merged = models.pull_model(spec.name, log=lambda m: None, merge=merge_adapter)
     assert TaskCard.load(merged).template == "nerve-ner-v2"

