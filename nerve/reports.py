@@ -3,22 +3,36 @@
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ner.scoring import ScoreReport
 
 
-def percentiles(values: list[float], qs: tuple[float, ...] = (50, 90, 95, 99)) -> dict[str, float]:
-    if not values:
-        return {f"p{int(q)}": 0.0 for q in qs}
+def percentile(values: Sequence[float], q: float, *, method: str = "linear") -> float:
+    """The ``q``-th percentile of non-empty ``values``.
+
+    ``linear`` interpolates between the two nearest ranks (numpy's default; latencies). ``nearest`` is the
+    nearest rank rounded up, a value of the data such that at least ``q``% of the values are <= it (numpy's
+    ``inverted_cdf``; token lengths, where a bound must cover that share of the examples).
+    """
     s = sorted(values)
-    out = {}
-    for q in qs:
-        k = (len(s) - 1) * q / 100
-        lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-        out[f"p{int(q)}"] = s[lo] + (s[hi] - s[lo]) * (k - lo)
-    return out
+    if not s:
+        raise ValueError("the percentile of no values")
+    if method == "nearest":
+        return s[min(max(1, math.ceil(q / 100 * len(s))), len(s)) - 1]
+    if method != "linear":
+        raise ValueError(f"method must be linear or nearest, not {method!r}")
+    k = (len(s) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def percentiles(values: Sequence[float], qs: tuple[float, ...] = (50, 90, 95, 99)) -> dict[str, float]:
+    """``{"p50": ..., ...}`` of ``values`` by linear interpolation (all 0.0 without values)."""
+    return {f"p{int(q)}": percentile(values, q) if values else 0.0 for q in qs}
 
 
 def plot_f1(report: ScoreReport, path: Path, title: str) -> Path:

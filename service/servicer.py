@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -25,7 +26,7 @@ from ner.readers.conll import normalize_scheme
 from ner.schema import output_spec
 from ner.scoring import LabelScore
 from ner.types import Entity, Example
-from nerve.extraction import ExtractionResult, ExtractorBase, InputError, RunningScore
+from nerve.extraction import ExtractionResult, ExtractorBase, InputError, RunningScore, score_stream
 
 from .config import ServeConfig
 from .errors import (
@@ -536,38 +537,13 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
         """
         score = RunningScore(plan.names, keep_mistakes=plan.include_errors, max_mistakes=self.cfg.max_report_errors,
                              max_mistake_bytes=self.cfg.max_message_bytes // 2)
-        ignored = count = 0
-        events: asyncio.Queue[tuple[str, BaseException | None]] = asyncio.Queue()
-        window = asyncio.Semaphore(self._evaluation_window())
-        tasks: set[asyncio.Future] = set()
+        ignored = 0
 
-        async def one(i: int, example: Example, prepared: Any) -> None:
-            try:
-                async with self._admit_waiting():
-                    r = await ex.extract(example.text, labels=plan.labels, max_entities=plan.max_entities,
-                                         request_id=rec.rid, prepared=prepared)
-                self._record(r)
-                score.add(i, example, r)
-                events.put_nowait(("scored", None))
-            except Exception as exc:  # noqa: BLE001 - re-raised by the call's task
-                events.put_nowait(("failed", exc))
-            finally:
-                window.release()
-
-        async def feed() -> None:
-            nonlocal ignored, count
-            try:
-                async for example, dropped, prepared in source:
-                    await window.acquire()  # not reading while the window is full: flow control for the sender
-                    ignored += dropped
-                    task = asyncio.ensure_future(one(count, example, prepared))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                    count += 1
-                    rec.fields["examples"] = count
-                events.put_nowait(("read", None))
-            except Exception as exc:  # noqa: BLE001 - re-raised by the call's task
-                events.put_nowait(("failed", exc))
+        async def counted() -> AsyncIterator[tuple[Example, Any]]:
+            nonlocal ignored
+            async for example, dropped, prepared in source:
+                ignored += dropped
+                yield example, prepared
 
         sent: tuple[int, int | None] | None = None
 
@@ -577,34 +553,27 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
             return spb.EvaluateResponse(progress=spb.EvaluateProgress(
                 done=done, total=of, elapsed_seconds=time.perf_counter() - received))
 
-        feeder = asyncio.ensure_future(feed())
-        try:
-            yield progress(0, total)
-            done, reading, last = 0, True, time.perf_counter()
-            while True:
-                kind, error = await events.get()
-                if error is not None:
-                    raise error
-                if kind == "read":
-                    reading = False
-                    total = count
+        yield progress(0, total)
+        last, shown = time.perf_counter(), 0
+        scoring = score_stream(ex, counted(), score, window=self._evaluation_window(), labels=plan.labels,
+                               max_entities=plan.max_entities, request_id=rec.rid, admit=self._admit_waiting,
+                               on_result=lambda i, r: self._record(r))
+        async with contextlib.aclosing(scoring) as events:
+            async for p in events:
+                rec.fields["examples"] = p.done if p.total is None else p.total
+                if p.total is not None:
+                    total = p.total
                     if not total:
                         raise InputError("no examples to evaluate")
-                else:
-                    done += 1
-                if not reading and done == total:
-                    if sent != (done, total):
-                        yield progress(done, total)  # after the last example
-                    break
+                    if p.done == total:
+                        if sent != (p.done, total):
+                            yield progress(p.done, total)  # after the last example
+                        break
                 now = time.perf_counter()
                 step = max(1, total // 50) if total else 0
-                if kind == "scored" and (now - last > 1.0 or (step and done % step == 0)):
-                    last = now
-                    yield progress(done, total)
-        finally:
-            feeder.cancel()
-            for t in list(tasks):
-                t.cancel()
+                if p.done != shown and (now - last > 1.0 or (step and p.done % step == 0)):
+                    last, shown = now, p.done
+                    yield progress(p.done, total)
         yield spb.EvaluateResponse(report=self._report(score, ignored, time.perf_counter() - received))
 
     def _allowed_path(self, raw: str) -> Path:

@@ -392,3 +392,20 @@ def test_health_answers_within_a_second_during_the_largest_evaluation(start_serv
     call.cancel()
     assert first and first[0].progress.total == n  # all examples read and checked, scoring under way
     assert slowest < 1.0 and checks >= 20, f"slowest health check {slowest:.2f} s of {checks}"
+
+
+def test_evaluate_and_the_rpc_score_alike(quick_server, loop_thread) -> None:
+    """``nerve eval`` (:func:`nerve.extraction.evaluate`) and the gRPC Evaluate run the same scoring loop."""
+    from nerve.extraction import evaluate
+
+    golds = [Example(f"{c}lice {i}", [Entity(0, 5, "name", f"{c}lice")], id=str(i))
+             for i, c in enumerate("AABAB" * 5)]  # QuickExtractor predicts each text's first character: 10 mistakes
+    r = quick_server()
+    local = loop_thread.run(evaluate(r.extractor, golds, window=3)).report
+    streamed = report_of(r.stub.Evaluate(iter([config()] + [
+        spb.EvaluateRequest(example=tpb.Example(text=g.text, id=g.id, entities=[
+            tpb.Entity(start=e.start, end=e.end, label=e.label, text=e.text) for e in g.entities])) for g in golds]),
+        timeout=30))
+    assert local.examples == streamed.examples == 25
+    assert (local.micro.tp, local.micro.fp, local.micro.fn) == (streamed.micro.tp, streamed.micro.fp, streamed.micro.fn)
+    assert local.micro.f1 == pytest.approx(streamed.micro.f1) and local.micro.tp == 0

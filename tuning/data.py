@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from ner.prompts import answer_format, render_answer, render_training_pair
 from ner.readers import NoEntitiesError, read_dataset
 from ner.schema import TEXT_PATTERN  # noqa: F401  (documents which texts the schema admits)
 from ner.types import Example
+from nerve import reports
 
 from .config import ConfigError, DataArgs, DataSource, expand_path
 
@@ -433,10 +433,8 @@ class LengthStats:
 
 
 def percentile(values: Sequence[int], q: float) -> int:
-    """The ``q``-th percentile (nearest rank, rounded up: at least ``q``% of values are <= it)."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return int(ordered[min(rank, len(ordered)) - 1])
+    """The ``q``-th percentile of token lengths: the nearest rank, so at least ``q``% of values are <= it."""
+    return int(reports.percentile(values, q, method="nearest"))
 
 
 def round_up(n: int, multiple: int = LENGTH_ROUND) -> int:

@@ -39,11 +39,11 @@ from ner.types import Entity
 from nerve.models import ModelError, readable
 
 from .data import end_of_turn, generation_eos_ids
+from .methods import TORCH_DTYPES
 
 logger = logging.getLogger("nerve.tuning")
 
 RUN_FILENAME = "nerve_run.json"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SAMPLE_TEXTS = {
     "zh": ["张三在北京的阿里巴巴公司担任总经理。", "《三体》是刘慈欣的小说。"],
     "en": ["John Smith works for Acme Corp. in New York.", "EU rejects German call to boycott British lamb."],
@@ -172,10 +172,10 @@ def _check_close(ref: torch.Tensor, got: torch.Tensor, what: str, atol: float, r
 
 def _dtype(name: str, base_config) -> torch.dtype:
     if name != "auto":
-        return _DTYPES[name]
+        return TORCH_DTYPES[name]
     d = getattr(base_config, "dtype", None) or getattr(base_config, "torch_dtype", None)
     if isinstance(d, str):
-        d = _DTYPES.get(d.replace("torch.", ""), torch.float32)
+        d = TORCH_DTYPES.get(d.replace("torch.", ""), torch.float32)
     return d if isinstance(d, torch.dtype) else torch.float32
 
 
@@ -272,7 +272,7 @@ def export_adapter(run_dir_or_adapter: str | Path, out_dir: str | Path, card: Ta
     card = card or _find_card(source, run)
     out = Path(out_dir)
     with _staged(out) as staging:
-        target = _DTYPES[dtype]
+        target = TORCH_DTYPES[dtype]
         weights = {k: v.to(target).contiguous() for k, v in load_file(str(source / "adapter_model.safetensors")).items()}
         save_file(weights, str(staging / "adapter_model.safetensors"), metadata={"format": "pt"})
         _check_same_weights(weights, load_file(str(staging / "adapter_model.safetensors")))

@@ -23,7 +23,7 @@ from .config import ConfigError, TuneConfig
 
 logger = logging.getLogger("nerve.tuning")
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class MethodUnavailableError(RuntimeError):
@@ -75,7 +75,7 @@ class Method:
         """Dtype of the loaded weights. Trainable weights stay float32 master weights under ``auto`` (bf16
         mixed precision, where native, speeds up their matmuls); an explicit ``model.dtype`` wins."""
         if cfg.model.dtype != "auto":
-            return _DTYPES[cfg.model.dtype]
+            return TORCH_DTYPES[cfg.model.dtype]
         return torch.float32
 
     def load(self, model_path: Path, cfg: TuneConfig, **kw) -> nn.Module:
@@ -180,10 +180,10 @@ class Lora(Method):
 
     def train_dtype(self, cfg: TuneConfig) -> torch.dtype:
         if cfg.model.dtype != "auto":
-            return _DTYPES[cfg.model.dtype]
+            return TORCH_DTYPES[cfg.model.dtype]
         # The base is frozen: in bf16 where the hardware computes bf16 natively (half the memory, 2-3x the matmul
         # speed); the adapters stay float32 (PEFT's default). Where bf16 is emulated, float32.
-        return _DTYPES[compute_dtype(cfg).dtype]
+        return TORCH_DTYPES[compute_dtype(cfg).dtype]
 
     def lora_config(self, cfg: TuneConfig):
         from peft import LoraConfig, TaskType

@@ -24,10 +24,12 @@ from .evaluation import (
     CheckpointScore,
     EvaluationResult,
     Mistakes,
+    Progress,
     RunningScore,
     evaluate,
     evaluate_checkpoint,
     evaluate_with_progress,
+    score_stream,
 )
 from .generative import (
     SCHEMAS_REMEMBERED,
@@ -43,7 +45,7 @@ from .tagging import TaggerExtractor
 __all__ = [
     "MAX_LABEL_DESCRIPTION_CHARS", "MAX_REQUEST_LABELS", "SCHEMAS_REMEMBERED", "UNCONSTRAINED_MAX_TOKENS",
     "CheckpointScore", "EvaluationResult", "ExtractionResult", "Extractor", "ExtractorBase", "GenerationPrepared",
-    "InputError", "Limits", "Mistakes", "Prepared", "RunningScore", "SchemaBudget", "SchemaBudgetExceeded",
+    "InputError", "Limits", "Mistakes", "Prepared", "Progress", "RunningScore", "SchemaBudget", "SchemaBudgetExceeded",
     "TaggerExtractor", "Usage", "evaluate", "evaluate_checkpoint", "evaluate_with_progress", "load_card",
-    "open_extractor", "run_sync", "run_with_extractor",
+    "open_extractor", "run_sync", "run_with_extractor", "score_stream",
 ]

@@ -7,8 +7,11 @@ the gRPC ``Evaluate`` call, the benchmarks and tuning's in-training evaluation a
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import heapq
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ from ner.scoring import Scorer, ScoreReport
 from ner.types import Entity, Example
 from nerve.engines.vllm import EngineConfig, VllmEngine
 
-from .base import ExtractionResult, ExtractorBase, Limits
+from .base import ExtractionResult, ExtractorBase, Limits, Prepared
 from .generative import Extractor
 from .loading import run_sync
 
@@ -106,27 +109,110 @@ class RunningScore:
         return self.mistaken - len(self._kept) if self._keep else 0
 
 
+@dataclass(frozen=True, slots=True)
+class Progress:
+    done: int
+    """Examples scored so far."""
+    total: int | None
+    """How many examples there are, once the source is exhausted (None before)."""
+
+
+async def score_stream(extractor: ExtractorBase, source: AsyncIterable[tuple[Example, Prepared | None]],
+                       score: RunningScore, *, window: int, labels: Sequence[str] | LabelSet | None = None,
+                       max_entities: int | None = None, request_id: str | None = None,
+                       admit: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
+                       on_result: Callable[[int, ExtractionResult], None] | None = None) -> AsyncIterator[Progress]:
+    """Extract and score examples as ``source`` yields them (with what :meth:`~ExtractorBase.prepare` made of
+    each, or None), at most ``window`` at once, into ``score``.
+
+    Yields a :class:`Progress` after each example is scored and when ``source`` is exhausted, and ends after
+    the last example. ``source`` is not read while the window is full, which is flow control for a sender that
+    streams examples. ``admit`` wraps each extraction (a server's admission control); ``on_result`` sees each
+    result with its index before only its counts are kept. The first failure, of ``source`` or of an
+    extraction, is raised, and the extractions still running are cancelled.
+    """
+    events: asyncio.Queue[tuple[str, BaseException | None]] = asyncio.Queue()
+    slots = asyncio.Semaphore(window)
+    tasks: set[asyncio.Future] = set()
+    count = 0
+
+    async def one(i: int, example: Example, prepared: Prepared | None) -> None:
+        try:
+            async with admit() if admit is not None else contextlib.nullcontext():
+                r = await extractor.extract(example.text, labels=labels, max_entities=max_entities,
+                                            request_id=request_id, prepared=prepared)
+            if on_result is not None:
+                on_result(i, r)
+            score.add(i, example, r)
+            events.put_nowait(("scored", None))
+        except Exception as exc:  # noqa: BLE001 - raised by the generator
+            events.put_nowait(("failed", exc))
+        finally:
+            slots.release()
+
+    async def feed() -> None:
+        nonlocal count
+        try:
+            async for example, prepared in source:
+                await slots.acquire()
+                task = asyncio.ensure_future(one(count, example, prepared))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                count += 1
+            events.put_nowait(("read", None))
+        except Exception as exc:  # noqa: BLE001 - raised by the generator
+            events.put_nowait(("failed", exc))
+
+    feeder = asyncio.ensure_future(feed())
+    done, total = 0, None
+    try:
+        while total is None or done < total:
+            kind, error = await events.get()
+            if error is not None:
+                raise error
+            if kind == "read":
+                total = count
+            else:
+                done += 1
+            yield Progress(done, total)
+    finally:
+        feeder.cancel()
+        for t in list(tasks):
+            t.cancel()
+
+
 async def evaluate(extractor: ExtractorBase, examples: Sequence[Example], *,
                    on_progress: Callable[[int, int], None] | None = None,
-                   labels: Sequence[str] | LabelSet | None = None) -> EvaluationResult:
-    """Score the extractor on gold examples with the shared scorer (strict span P/R/F1).
+                   labels: Sequence[str] | LabelSet | None = None, window: int | None = None) -> EvaluationResult:
+    """Score the extractor on gold examples with the shared scorer (strict span P/R/F1), through
+    :func:`score_stream` as the gRPC ``Evaluate`` does.
 
-    ``labels`` is the label list every prompt names and the labels scored (default: the card's).
+    ``labels`` is the label list every prompt names and the labels scored (default: the card's). Every text is
+    prepared (validated) before any is extracted, so a bad one fails the call as a whole. ``window`` bounds
+    the extractions in flight (default: all of them; the engine batches and queues them itself).
     """
     label_set = extractor.labels_for(labels)
-    scorer = Scorer(labels=label_set.names)
-    done = 0
+    examples = list(examples)
+    prepared = [extractor.prepare(e.text, label_set) for e in examples]
+    score = RunningScore(label_set.names)
+    results: list[ExtractionResult | None] = [None] * len(examples)
 
-    def tick(i: int, r: ExtractionResult) -> None:
-        nonlocal done
-        done += 1
-        if on_progress is not None:
-            on_progress(done, len(examples))
+    async def source() -> AsyncIterator[tuple[Example, Prepared | None]]:
+        for pair in zip(examples, prepared, strict=True):
+            yield pair
 
-    results = await extractor.extract_many([e.text for e in examples], on_result=tick, labels=label_set)
-    for ex, r in zip(examples, results, strict=True):
-        scorer.add(ex.entities, r.entities, parsed=r.parsed, hallucinated=[m.label for m in r.hallucinated])
-    return EvaluationResult(scorer.report(), [r.usage.total_seconds for r in results], results)
+    def keep(i: int, r: ExtractionResult) -> None:
+        results[i] = r
+
+    shown = 0
+    async with contextlib.aclosing(score_stream(extractor, source(), score, window=window or max(1, len(examples)),
+                                                labels=label_set, on_result=keep)) as progress:
+        async for p in progress:
+            if on_progress is not None and p.done != shown:
+                shown = p.done
+                on_progress(p.done, len(examples))
+    done = [r for r in results if r is not None]
+    return EvaluationResult(score.scorer.report(), list(score.latencies), done)
 
 
 async def evaluate_with_progress(extractor: ExtractorBase, examples: Sequence[Example],
