@@ -158,7 +158,7 @@ def test_the_sdk_imports_no_server_code() -> None:
     assert offenders == []
 
 
-def test_the_server_uses_the_sdks_public_generated_modules(graph) -> None:
+def test_the_server_uses_the_sdks_public_generated_modules() -> None:
     import tomllib
 
     private = []

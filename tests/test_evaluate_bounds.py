@@ -409,3 +409,19 @@ def test_evaluate_and_the_rpc_score_alike(quick_server, loop_thread) -> None:
     assert local.examples == streamed.examples == 25
     assert (local.micro.tp, local.micro.fp, local.micro.fn) == (streamed.micro.tp, streamed.micro.fp, streamed.micro.fn)
     assert local.micro.f1 == pytest.approx(streamed.micro.f1) and local.micro.tp == 0
+
+
+def test_queued_texts_are_counted_against_the_engines_capacity(quick_server, loop_thread) -> None:
+    """``nerve_queued_requests`` is what the loaded engine cannot take at once (its capacity, not vLLM's setting)."""
+    gate = asyncio.Event()
+    r = quick_server(gate=gate)
+    r.extractor.engine = StubEngine(capacity=2)
+    futures = [r.stub.Extract.future(spb.ExtractRequest(text=f"Alice {i}"), timeout=30) for i in range(5)]
+    deadline = time.monotonic() + 10
+    while r.server.metrics.inflight._value.get() < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert r.server.metrics.inflight._value.get() == 5
+    assert r.server.metrics.queued._value.get() == 3
+    loop_thread.loop.call_soon_threadsafe(gate.set)
+    assert all(f.result().entities for f in futures)
+    assert r.server.metrics.queued._value.get() == 0

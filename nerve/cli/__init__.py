@@ -80,12 +80,10 @@ def _merge(adapter_dir: Path, out_dir: Path, card) -> None:
 
     try:
         from tuning.export import merge_adapter
-    except ImportError as exc:
-        raise ModelError(f"merging an adapter needs torch and peft: pip install 'nerve[tune]' ({exc})") from None
-    try:
+
         merge_adapter(adapter_dir, out_dir, card)
-    except ImportError as exc:
-        raise ModelError(f"merging an adapter needs peft: pip install 'nerve[tune]' ({exc})") from None
+    except ImportError as exc:  # torch (tuning.export) or peft (the merge itself) missing
+        raise ModelError(f"merging an adapter needs torch and peft: pip install 'nerve[tune]' ({exc})") from None
 
 
 def _engine_setup(model: str, task: str | None, backend: str, max_model_len: int):

@@ -195,7 +195,7 @@ async def evaluate(extractor: ExtractorBase, examples: Sequence[Example], *,
     examples = list(examples)
     prepared = [extractor.prepare(e.text, label_set) for e in examples]
     score = RunningScore(label_set.names)
-    results: list[ExtractionResult | None] = [None] * len(examples)
+    results: list[ExtractionResult] = [None] * len(examples)  # type: ignore[list-item]  # filled by index
 
     async def source() -> AsyncIterator[tuple[Example, Prepared | None]]:
         for pair in zip(examples, prepared, strict=True):
@@ -211,8 +211,7 @@ async def evaluate(extractor: ExtractorBase, examples: Sequence[Example], *,
             if on_progress is not None and p.done != shown:
                 shown = p.done
                 on_progress(p.done, len(examples))
-    done = [r for r in results if r is not None]
-    return EvaluationResult(score.scorer.report(), list(score.latencies), done)
+    return EvaluationResult(score.scorer.report(), list(score.latencies), results)  # every slot filled: no error
 
 
 async def evaluate_with_progress(extractor: ExtractorBase, examples: Sequence[Example],

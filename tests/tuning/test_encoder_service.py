@@ -274,3 +274,35 @@ def test_cli_extract_and_eval_use_the_encoder(exported_tagger, tmp_path) -> None
     assert report["micro"]["f1"] == 1.0 and report["parse_rate"] == 1.0 and (tmp_path / "rep" / "tagger.png").is_file()
     res = runner.invoke(app, ["eval", "--model", str(path), "--data", str(data), "--grounded"])
     assert res.exit_code == 2 and "token classifier" in res.output
+
+
+def test_a_forward_pass_that_does_not_return_counts_as_stalled(loop_thread) -> None:
+    """The server's watchdog reads ``stalled``: a tagger stuck in one forward pass must show."""
+    import threading
+
+    from nerve.engines.encoder import EncoderConfig, EncoderEngine
+
+    release = threading.Event()
+
+    class StuckTagger:
+        tokenizer, max_length, labels = None, 16, ["name"]
+
+        def extract(self, texts):
+            release.wait(30)
+            return [[] for _ in texts]
+
+    async def scenario():
+        engine = EncoderEngine(EncoderConfig(model="stuck", max_wait_ms=0), StuckTagger())
+        engine._worker = asyncio.ensure_future(engine._run())
+        before = engine.stalled(0.05)
+        call = asyncio.ensure_future(engine.tag("Alice"))
+        await asyncio.sleep(0.3)
+        during = engine.stalled(0.05), engine.stalled(60)
+        release.set()
+        await call
+        after = engine.stalled(0.05)
+        engine.close()
+        return before, during, after
+
+    before, (stuck, not_yet), after = loop_thread.run(scenario())
+    assert not before and stuck and not not_yet and not after
