@@ -22,6 +22,7 @@ spread over new replicas.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import inspect
 import logging
@@ -102,6 +103,13 @@ KEEPALIVE_SECONDS = 60
 vanished (no FIN, e.g. a partitioned node) are ended instead of held forever."""
 KEEPALIVE_TIMEOUT_SECONDS = 20
 """An unanswered keepalive ping closes the connection after this long."""
+
+
+def freeze_gc_heap() -> None:
+    """Collect once, then move every object the collector tracks into its permanent generation (as vLLM's
+    own API server does after start-up): later collections walk only what serving allocates."""
+    gc.collect()
+    gc.freeze()
 
 
 def server_options(cfg: ServeConfig) -> list[tuple[str, Any]]:
@@ -291,6 +299,9 @@ class NerveServer:
         if self.state.draining:
             return
         self.state.extractor = extractor
+        # What loading made (modules, the model's Python objects, the tokenizer) lives as long as the server:
+        # frozen out of the collector's generations, a full collection no longer walks it and stalls the loop.
+        freeze_gc_heap()
         self.metrics.ready.set(1)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self._watchdog = asyncio.ensure_future(self._watch_engine())

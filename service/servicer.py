@@ -111,8 +111,8 @@ class _EvalPlan:
 
 _READ_CHUNK = 256
 """Examples of a server-side dataset read per trip to a worker thread."""
-_CHECK_STEP = 16
-"""Evaluate checks this many examples between two turns of the event loop to other calls."""
+_TURN_SECONDS = 0.01
+"""Evaluate checks examples for at most this long before it gives the event loop a turn for other calls."""
 
 
 async def _drain(items: deque[Any]) -> AsyncIterator[Any]:
@@ -481,6 +481,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
         reader = _read_server_dataset(path, _FORMATS.get(dataset.format, "auto"), dataset.scheme,
                                       self.cfg.eval_dataset_roots)
         checked: deque[tuple[Example, int, Any]] = deque()
+        turn = time.perf_counter()
         while wanted is None or len(checked) < wanted:
             n = _READ_CHUNK if wanted is None else min(_READ_CHUNK, wanted - len(checked))
             chunk, error = await asyncio.to_thread(_take, reader, n)
@@ -489,8 +490,9 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
                 # ids) would hold the whole file's prompts in memory, so those are prepared again when scored.
                 example, dropped, _ = plan.check(len(checked), example, ex)
                 checked.append((example, dropped, None))
-                if len(checked) % _CHECK_STEP == 0:
+                if time.perf_counter() - turn >= _TURN_SECONDS:
                     await asyncio.sleep(0)  # other calls, health checks among them, run between examples
+                    turn = time.perf_counter()
             if error is not None:
                 raise error  # after the examples before it: problems are reported in file order
             if len(chunk) < n:
@@ -507,7 +509,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
                                context: grpc.aio.ServicerContext) -> AsyncIterator[tuple[Example, int, Any]]:
         """The streamed examples, each checked as it arrives; reading stops after ``limit`` examples, and the
         call fails at the first example beyond the server's cap."""
-        index = 0
+        index, turn = 0, time.perf_counter()
         while plan.limit is None or index < plan.limit:
             msg = await self._next_message(stream, context)
             if msg is None:
@@ -524,8 +526,9 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
                 raise InputError(f"example {index}: {exc}") from None
             yield plan.check(index, example, ex)
             index += 1
-            if index % _CHECK_STEP == 0:
+            if time.perf_counter() - turn >= _TURN_SECONDS:
                 await asyncio.sleep(0)  # messages that were already buffered do not hold the event loop
+                turn = time.perf_counter()
 
     async def _score(self, ex: ExtractorBase, plan: _EvalPlan, source: AsyncIterator[tuple[Example, int, Any]],
                      total: int | None, received: float, rec: RpcRecorder) -> AsyncIterator[spb.EvaluateResponse]:

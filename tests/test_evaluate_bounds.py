@@ -394,6 +394,80 @@ def test_health_answers_within_a_second_during_the_largest_evaluation(start_serv
     assert slowest < 1.0 and checks >= 20, f"slowest health check {slowest:.2f} s of {checks}"
 
 
+class SlowPrepare(QuickExtractor):
+    """A :class:`QuickExtractor` whose preparing holds the event loop for ``seconds``, as a long chat template
+    and tokenizer do."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(max_text_chars=1000)
+        self.seconds = seconds
+
+    def prepare(self, text: str, labels=None, max_entities: int | None = None) -> None:
+        time.sleep(self.seconds)
+        super().prepare(text, labels, max_entities)
+
+
+def _longest_stall(loop_thread, work) -> float:
+    """The longest the event loop went without running a coroutine that asks for a turn every millisecond,
+    while ``work`` (a coroutine) ran."""
+    async def measure() -> float:
+        gaps: list[float] = []
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            last = time.perf_counter()
+            while not done.is_set():
+                await asyncio.sleep(0.001)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        tick = asyncio.ensure_future(ticker())
+        await asyncio.sleep(0.01)
+        try:
+            await work
+        finally:
+            done.set()
+            await tick
+        return max(gaps)
+
+    return loop_thread.run(measure())
+
+
+def test_a_full_window_of_extractions_does_not_prepare_all_at_once(loop_thread) -> None:
+    """Dataset examples are prepared again when scored: each new extraction of the window gets its own turn of
+    the event loop (48 prepares of 20 ms held it for about a second when the window was filled in one step)."""
+    from nerve.extraction.evaluation import score_stream
+
+    ex = SlowPrepare(0.02)
+    golds = [Example(f"Alice {i}", [Entity(0, 5, "name", "Alice")]) for i in range(96)]
+
+    async def source():
+        for g in golds:
+            yield g, None
+
+    async def run() -> None:
+        progress = [p async for p in score_stream(ex, source(), RunningScore(["name"]), window=48)]
+        assert progress[-1].done == progress[-1].total == 96
+
+    assert _longest_stall(loop_thread, run()) < 0.2
+
+
+def test_checking_a_dataset_gives_the_event_loop_turns(quick_server, tmp_path: Path) -> None:
+    """Every example of a server-side dataset is checked before scoring starts; checking takes turns with
+    other calls by time, not by a count of examples, so slow examples do not hold health checks."""
+    lines = (json.dumps({"text": f"Alice {i}", "entities": [{"label": "name", "text": "Alice", "start": 0, "end": 5}]})
+             for i in range(200))
+    (tmp_path / "gold.jsonl").write_text("\n".join(lines) + "\n")
+    r = quick_server(eval_dataset_roots=[str(tmp_path)])
+    r.server.state.extractor = r.extractor = SlowPrepare(0.005)
+
+    async def evaluate_in_loop() -> None:
+        await asyncio.to_thread(lambda: list(r.stub.Evaluate(iter([dataset("gold.jsonl")]), timeout=60)))
+
+    assert _longest_stall(r.loop_thread, evaluate_in_loop()) < 0.2
+
+
 def test_evaluate_and_the_rpc_score_alike(quick_server, loop_thread) -> None:
     """``nerve eval`` (:func:`nerve.extraction.evaluate`) and the gRPC Evaluate run the same scoring loop."""
     from nerve.extraction import evaluate

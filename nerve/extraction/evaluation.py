@@ -159,6 +159,10 @@ async def score_stream(extractor: ExtractorBase, source: AsyncIterable[tuple[Exa
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 count += 1
+                # A new extraction prepares its text (chat template, tokens, grounding) when it first runs: one
+                # turn of the event loop per extraction keeps a full window from preparing all at once while
+                # other calls, health checks among them, wait.
+                await asyncio.sleep(0)
             events.put_nowait(("read", None))
         except Exception as exc:  # noqa: BLE001 - raised by the generator
             events.put_nowait(("failed", exc))

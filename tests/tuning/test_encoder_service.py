@@ -37,6 +37,16 @@ def tagger_server(loop_thread, exported_tagger):
     running.stop()
 
 
+def test_what_loading_made_is_frozen_out_of_the_collector(tagger_server) -> None:
+    """After the model loads, the objects it made sit in the collector's permanent generation, so a full
+    collection while serving does not walk them (and hold the event loop, health checks with it)."""
+    import gc
+
+    running, _ = tagger_server
+    assert running.status() == 1
+    assert gc.get_freeze_count() > 10_000
+
+
 def test_serves_the_tagger_through_the_same_api(tagger_server) -> None:
     from nerve_client import Client, InvalidArgumentError
 
