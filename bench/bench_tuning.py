@@ -9,10 +9,15 @@ exported checkpoint through ``nerve.extraction.run_with_extractor``, i.e. the en
   constrained decoding (vLLM, xgrammar).
 * ``qwen``: Qwen2.5-Coder-0.5B-Instruct LoRA on a seeded subset of CLUENER train, scored on CLUENER dev, next
   to the same base model zero-shot on the same sentences through the same engine.
+* ``speed``: the compact task format against the first one, in one run: the same model, LoRA settings,
+  training settings and examples, trained once per arm and round in its own ``nerve tune`` process (so that
+  each arm's peak RSS is its own), the arms interleaved round by round: ``nerve-ner-v1``, ``nerve-ner-v2``,
+  and ``nerve-ner-v2`` with gradient checkpointing (memory against time).
 * ``report``: bench/reports/tuning.md with a row per run (data, steps, wall time, tokens/s, peak memory,
   F1 per type, parse rate), loss curves and per-type F1 plots.
 
-Run: ``python bench/bench_tuning.py --stages minilm,smollm2,report [--smollm2-examples 2000] ...``.
+Run: ``python bench/bench_tuning.py --stages minilm,smollm2,report [--smollm2-examples 2000] ...``;
+``python bench/bench_tuning.py --stages speed,report [--speed-examples 48 --speed-rounds 2]``.
 Runs go to ``runs/bench-*`` (not committed); results to bench/results/tuning-*.json.
 """
 
@@ -20,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -164,6 +171,93 @@ def stage_causal(args, name: str, config: str, train_n: int, steps: int, eval_pa
     save(name, data)
 
 
+SPEED_ARMS = {
+    "v1": ["--data.template", "nerve-ner-v1", "--data.task", "cluener"],
+    "v2": ["--data.template", "nerve-ner-v2"],
+    "v2 + checkpointing": ["--data.template", "nerve-ner-v2", "--train.gradient_checkpointing", "true"],
+}
+"""The arms of the speed stage. v1 is the first format as it was tuned: CLUENER's card, whose labels carry the
+descriptions v1 prompts list; v2 names the labels the data has (no descriptions, as the tuned default is
+trained); the last arm adds gradient checkpointing."""
+
+
+def speed_config(examples: int) -> dict:
+    """The settings every arm of the speed stage shares: the tuned default's LoRA and packing settings, one epoch
+    over a seeded subset of CLUENER train, no label sampling (it changes prompt lengths), no engine evaluation.
+    The card (labels, and with them any descriptions) is each arm's: see :data:`SPEED_ARMS`."""
+    d = _datasets()
+    return {"model": {"name_or_path": "qwen2.5-coder-0.5b-instruct"},
+            "data": {"train_file": str(d / "cluener" / "train.jsonl"), "dev_file": str(d / "cluener" / "dev.jsonl"),
+                     "max_train_examples": examples, "max_dev_examples": 8, "seed": 0},
+            "method": {"name": "lora", "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
+                       "target_modules": ["all-linear"]},
+            "train": {"num_train_epochs": 1, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1,
+                      "learning_rate": 1.5e-4, "warmup_steps": 0, "packing": True, "pack_length": 512,
+                      "logging_steps": 1, "eval_steps": 100000, "save_steps": 100000, "report_to": [],
+                      "progress": False, "seed": 0},
+            "eval": {"with_engine": False}}
+
+
+def stage_speed(args) -> None:
+    import yaml
+
+    cfg = RUNS / "bench-speed" / "config.yaml"
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    cfg.write_text(yaml.safe_dump(speed_config(args.speed_examples), sort_keys=False))
+    rounds: list[dict] = []
+    for r in range(args.speed_rounds):
+        for arm, overrides in SPEED_ARMS.items():
+            out = RUNS / "bench-speed" / f"{arm.replace(' + ', '-')}-{r}"
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "nerve.cli", "tune", str(cfg), *overrides,
+                            "--train.output_dir", str(out)], check=True, cwd=ROOT)
+            run = json.loads((out / "nerve_run.json").read_text())
+            res = run["resources"]
+            rounds.append({"round": r, "arm": arm, "process_seconds": round(time.perf_counter() - t0, 1),
+                           "steps": run["global_step"], **res,
+                           "examples_per_second": round(args.speed_examples / res["train_seconds"], 4)})
+            print(f"[speed] round {r} {arm}: {res['train_seconds']:.0f} s, {res['train_tokens']} tokens, "
+                  f"peak RSS {res['peak_rss_gib']} GiB", flush=True)
+    arms = {}
+    for arm in SPEED_ARMS:
+        rows = [x for x in rounds if x["arm"] == arm]
+        arms[arm] = {"examples_per_second": statistics.median(x["examples_per_second"] for x in rows),
+                     "tokens_per_example": rows[0]["train_tokens"] / args.speed_examples,
+                     "train_seconds": statistics.median(x["train_seconds"] for x in rows),
+                     "steps": rows[0]["steps"], "peak_rss_gib": max(x["peak_rss_gib"] for x in rows)}
+    base = arms["v1"]["examples_per_second"]
+    for a in arms.values():
+        a["speed_vs_v1"] = round(a["examples_per_second"] / base, 3)
+    save("speed", {"examples": args.speed_examples, "data": "CLUENER train (seeded subset, one epoch)",
+                   "config": speed_config(args.speed_examples), "arms_overrides": SPEED_ARMS, "rounds": rounds,
+                   "arms": arms})
+
+
+def speed_section() -> list[str]:
+    p = RESULTS / "tuning-speed.json"
+    if not p.is_file():
+        return []
+    s = json.loads(p.read_text())
+    m = s["machine"]["cpu"]
+    n_rounds = len({x["round"] for x in s["rounds"]})
+    lines = ["## The compact format against the first one (one run)", "",
+             f"Qwen2.5-Coder-0.5B-Instruct, LoRA r {s['config']['method']['lora_r']} on all linear layers, packing "
+             f"to {s['config']['train']['pack_length']} tokens, batch {s['config']['train']['per_device_train_batch_size']}, "
+             f"the same {s['examples']} CLUENER train examples for every arm, one epoch; each arm trained in its own "
+             f"process, the arms interleaved over {n_rounds} rounds (medians). CPU: {m['model']}, {m['cores']} cores, "
+             f"flags {', '.join(m['flags'])}; dtype {', '.join(s['machine']['dtypes'])} (`auto`).",
+             "",
+             "| arm | tokens per example | steps | train seconds | examples/s | vs v1 | peak RSS |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for arm, a in s["arms"].items():
+        lines.append(f"| {arm} | {a['tokens_per_example']:.0f} | {a['steps']} | {a['train_seconds']:.0f} | "
+                     f"{a['examples_per_second']:.3f} | {a['speed_vs_v1']:.2f}x | {a['peak_rss_gib']} GiB |")
+    lines += ["", "Tokens per example are the training tokens the trainer saw (prompt and answer) over the examples;"
+              " peak RSS is the training process's, model loading included. Results: "
+              "`bench/results/tuning-speed.json`.", ""]
+    return lines
+
+
 def _loss_curve(run_dir: Path) -> list[tuple[int, float]]:
     log = run_dir / "log.jsonl"
     if not log.is_file():
@@ -179,6 +273,7 @@ def report() -> Path:
     import matplotlib.pyplot as plt
 
     runs = {}
+    speed = speed_section()
     for name in ("minilm", "smollm2", "qwen"):
         p = RESULTS / f"tuning-{name}.json"
         if p.is_file():
@@ -199,7 +294,7 @@ def report() -> Path:
                      f"{r['train_wall_seconds'] / 60:.1f} min | {res.get('tokens_per_second') or '-'} | "
                      f"{res.get('peak_rss_gib', '-')} GiB | {r['micro_f1']:.4f} | {r['macro_f1']:.4f} | "
                      f"{r['parse_rate']:.4f} |")
-    lines += [""]
+    lines += ["", *speed]
     for name, r in runs.items():
         lines += [f"## {name}", "", "| type | F1 |" + (" zero-shot F1 |" if "zero_shot" in r else ""),
                   "|---|---:|" + ("---:|" if "zero_shot" in r else "")]
@@ -261,6 +356,8 @@ def main() -> None:
     ap.add_argument("--qwen-steps", type=int, default=75)
     ap.add_argument("--eval-limit", type=int, default=None, help="score on the first N evaluation sentences")
     ap.add_argument("--dev-eval", type=int, default=100, help="dev sentences scored by the engine during training")
+    ap.add_argument("--speed-examples", type=int, default=48, help="training examples of each speed arm")
+    ap.add_argument("--speed-rounds", type=int, default=2, help="interleaved rounds of the speed arms")
     ap.add_argument("--reuse", action="store_true", help="export and score finished runs instead of training again")
     args = ap.parse_args()
     d = _datasets()
@@ -275,6 +372,8 @@ def main() -> None:
             stage_causal(args, "qwen", "qwen_cluener_lora.yaml", args.qwen_examples, args.qwen_steps,
                          d / "cluener" / "dev.jsonl", args.eval_limit, "CLUENER train",
                          f"CLUENER dev ({args.eval_limit or 1343})", zero_shot_model="qwen2.5-coder-0.5b-instruct")
+        elif stage == "speed":
+            stage_speed(args)
         elif stage == "report":
             report()
         else:
