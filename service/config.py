@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nerve import settings
 from nerve.engines.vllm import EngineConfig
 from nerve.models import DEFAULT_MODEL
+
+ENV_PREFIX = "NERVE_"
+"""``NERVE_MAX_QUEUE`` sets ``max_queue``, ``NERVE_ENGINE_DTYPE`` sets ``engine.dtype``."""
 
 
 @dataclass
@@ -63,6 +65,7 @@ class ServeConfig:
         "help": "Most Health.Watch and reflection streams open at once (they stay open until the client ends "
                 "them); a further one gets RESOURCE_EXHAUSTED. Health.Check and nerve.v1 calls do not count."})
     auth_token: str | None = field(default=None, metadata={
+        "keep_empty": True,  # an empty token is refused, not read as "no token"
         "help": "Require 'authorization: Bearer <token>' on nerve calls (health stays open). Prefer NERVE_AUTH_TOKEN."})
     grounded: bool = field(default=False, metadata={
         "help": "Decode under a per-request grammar that only admits substrings of the input (xgrammar only)."})
@@ -98,88 +101,11 @@ class ServeConfig:
             raise ValueError("ports must be in 1..65535 (metrics_port 0 disables metrics)")
 
 
-def _convert(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if value is None:
-        return None
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value, where)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in ("1", "true", "yes", "on"):
-            return True
-        if str(value).lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"{where}: expected a boolean, got {value!r}")
-    if tp in (int, float, str):
-        try:
-            return tp(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}") from None
-    if origin is list:
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
-        return [_convert(args[0], v, where) for v in value]
-    return value
-
-
-def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
-    hints = typing.get_type_hints(type(obj))
-    names = {f.name for f in dataclasses.fields(obj)}
-    for key, value in values.items():
-        key = key.replace("-", "_")
-        if key not in names:
-            raise ValueError(f"{where}: unknown setting {key!r}; known: {', '.join(sorted(names))}")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ValueError(f"{where}: {key} must be a mapping")
-            _apply(current, value, f"{where}.{key}")
-        else:
-            setattr(obj, key, _convert(hints[key], value, f"{where}.{key}"))
-
-
-def _from_env(environ: dict[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    engine_fields = {f.name for f in dataclasses.fields(EngineConfig)}
-    for f in dataclasses.fields(ServeConfig):
-        if f.name == "engine":
-            for ef in engine_fields:
-                v = environ.get(f"NERVE_ENGINE_{ef.upper()}")
-                if v is not None:
-                    out.setdefault("engine", {})[ef] = v
-        else:
-            v = environ.get(f"NERVE_{f.name.upper()}")
-            if v is not None:
-                out[f.name] = v
-    return out
-
-
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
-                environ: dict[str, str] | None = None) -> ServeConfig:
-    """Build a :class:`ServeConfig` from defaults, a YAML file, the environment and explicit overrides."""
-    import yaml
-
-    cfg = ServeConfig()
-    if path is not None:
-        p = Path(path)
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise ValueError(f"{p}: config file not found") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark is not None else ""
-            raise ValueError(f"{p}{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{p}: expected a mapping of settings")
-        _apply(cfg, data, str(p))
-    _apply(cfg, _from_env(dict(os.environ) if environ is None else environ), "environment")
-    if overrides:
-        _apply(cfg, {k: v for k, v in overrides.items() if v is not None}, "flags")
-    cfg.engine.__post_init__()
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | Sequence[str] | None = None,
+                environ: Mapping[str, str] | None = None) -> ServeConfig:
+    """A :class:`ServeConfig` from defaults < the YAML file at ``path`` < ``NERVE_*`` variables of ``environ``
+    (default: the process environment) < ``overrides`` (a mapping, or ``--field value`` / ``--engine.field
+    value`` words), checked as a whole (:mod:`nerve.settings`)."""
+    cfg = settings.load(ServeConfig, path=path, env_prefix=ENV_PREFIX, environ=environ, flags=overrides or {})
     cfg.validate()
     return cfg

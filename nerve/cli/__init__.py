@@ -239,8 +239,9 @@ def evaluate_cmd(
     err.print(f"report: {', '.join(str(p) for p in paths.values())}")
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def serve(
+    ctx: typer.Context,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings (see service/config.py).")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Registry name or checkpoint folder.")] = None,
     task: TaskOpt = None,
@@ -250,10 +251,15 @@ def serve(
     backend: Annotated[str | None, typer.Option("--backend", help="Structured-output backend.")] = None,
     max_model_len: Annotated[int | None, typer.Option("--max-model-len", help="Engine context length.")] = None,
 ) -> None:
-    """Run the gRPC service (health, reflection, Prometheus metrics, graceful drain on SIGTERM)."""
+    """Run the gRPC service (health, reflection, Prometheus metrics, graceful drain on SIGTERM).
+
+    Any other setting is a flag too: `--max_queue 64`, `--engine.dtype float32` (the fields of service/config.py;
+    they override the config file and the NERVE_* environment).
+    """
     import asyncio
     import logging
 
+    from nerve.settings import merge, parse_flags
     from service.config import load_config
     from service.server import serve as run_server
 
@@ -262,7 +268,8 @@ def serve(
     if engine:
         overrides["engine"] = engine
     try:
-        cfg = load_config(config, overrides)
+        flags = merge(parse_flags(ctx.args), {k: v for k, v in overrides.items() if v is not None})
+        cfg = load_config(config, flags)
     except ValueError as exc:
         fail(str(exc))
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
