@@ -4,13 +4,17 @@
   lengths;
 * a lenient reading of free-form answers (markdown fences stripped, entities with unknown labels skipped), to
   score an unconstrained baseline next to its strict score;
-* the sustainable-rate rule of the capacity benchmark.
+* the sustainable-rate rule of the capacity benchmark;
+* time windows over a run of phases, per-window aggregates of request rows and process samples, and the
+  growth of a sampled quantity between two windows (the soak benchmark).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import statistics
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -94,3 +98,72 @@ def sustainable_rate(steps: Sequence[dict[str, Any]], objective: float, step_sec
             break
         best = s["offered_rps"]
     return best
+
+
+def windows(phases: Sequence[dict[str, Any]], width: float) -> list[dict[str, Any]]:
+    """Consecutive windows of ``width`` seconds over each phase (``name``, ``start``, ``end``), restarting at
+    every phase boundary so that no window straddles two phases; a phase's last window may be shorter."""
+    if width <= 0:
+        raise ValueError("window width must be positive")
+    out = []
+    for p in phases:
+        t = p["start"]
+        while t < p["end"] - 1e-9:
+            out.append({"phase": p["name"], "start": t, "end": min(t + width, p["end"])})
+            t += width
+    return out
+
+
+def _pcts(values: list[float], qs: Sequence[int] = (50, 95, 99)) -> dict[str, float | None]:
+    from nerve.reports import percentile
+
+    return {f"p{q}": percentile(values, q) if values else None for q in qs}
+
+
+def window_aggregates(rows: Sequence[dict[str, Any]], spans: Sequence[dict[str, Any]], good: Iterable[str],
+                      ok: str = "OK") -> list[dict[str, Any]]:
+    """Per window: requests that arrived in it (``t`` in [start, end)) by kind and by ``kind`` → status code,
+    their rate, the rate of successful completions (``t + latency`` in the window, whatever their arrival),
+    and latency percentiles of the successful good requests that arrived in it (all good kinds, and the
+    ``extract`` kind alone, which has the least variance of work per request). Percentiles are ``None`` in a
+    window without such requests."""
+    good = set(good)
+    out = []
+    for w in spans:
+        arrived = [r for r in rows if w["start"] <= r["t"] < w["end"]]
+        done = sum(1 for r in rows if r["code"] == ok and w["start"] <= r["t"] + r["latency"] < w["end"])
+        codes: dict[str, dict[str, int]] = {}
+        for r in arrived:
+            codes.setdefault(r["kind"], Counter())[r["code"]] += 1
+        lat = [r["latency"] for r in arrived if r["kind"] in good and r["code"] == ok]
+        ext = [r["latency"] for r in arrived if r["kind"] == "extract" and r["code"] == ok]
+        length = w["end"] - w["start"]
+        out.append({**w, "arrived": len(arrived), "arrived_rps": len(arrived) / length, "completed_ok": done,
+                    "completed_ok_rps": done / length, "kinds": dict(Counter(r["kind"] for r in arrived)),
+                    "codes": {k: dict(v) for k, v in sorted(codes.items())},
+                    "good": _pcts(lat), "extract": _pcts(ext)})
+    return out
+
+
+def sample_stats(samples: Sequence[dict[str, Any]], start: float, end: float, keys: Iterable[str]) -> dict[str, Any]:
+    """Median and maximum of each key over the samples taken in [start, end) (``None`` without samples)."""
+    inside = [s for s in samples if start <= s["t"] < end]
+    out: dict[str, Any] = {"samples": len(inside)}
+    for k in keys:
+        vals = [s[k] for s in inside if s.get(k) is not None]
+        out[k] = {"median": statistics.median(vals) if vals else None, "max": max(vals) if vals else None}
+    return out
+
+
+def growth(samples: Sequence[dict[str, Any]], key: str, start: float, end: float, window: float) -> dict[str, Any]:
+    """How much ``key`` grew over [start, end): the median of the samples in the first ``window`` seconds
+    against the median of those in the last ``window`` seconds (medians, so that one noisy sample does not
+    decide). ``growth_pct`` is relative to the first; ``None`` values when a window has no sample."""
+    def med(lo: float, hi: float) -> float | None:
+        vals = [s[key] for s in samples if lo <= s["t"] < hi and s.get(key) is not None]
+        return statistics.median(vals) if vals else None
+
+    first, last = med(start, min(start + window, end)), med(max(end - window, start), end)
+    delta = None if first is None or last is None else last - first
+    pct = None if delta is None or not first else 100.0 * delta / first
+    return {"first": first, "last": last, "growth": delta, "growth_pct": pct}

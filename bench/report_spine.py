@@ -156,7 +156,7 @@ def _constrained(vl: dict) -> list[str]:
                 else:
                     lines += [f"The two engines' answers differ on {n_diff} of {oh['sentences']} sentences"
                               f" ({oh['completion_tokens']} vs {sv['completion_tokens']} tokens). The masks"
-                              " themselves are bit-identical (tests/test_cpu_grammar_mask.py; the `mask` stage below"
+                              " themselves are bit-identical (tests/nerve/test_cpu_grammar_mask.py; the `mask` stage below"
                               " asserts equal logits); vLLM does not make greedy results independent of how requests"
                               " share a step's batch (its batch-invariant mode is off by default), and on a"
                               " loaded CPU the batches form differently from run to run.", ""]
@@ -169,7 +169,7 @@ def _constrained(vl: dict) -> list[str]:
                       " (151,936 entries for Qwen2.5) and converts back; nerve installs (as a vLLM general plugin,"
                       " `nerve.engines.cpu_plugin.register_vllm_plugin`) a replacement that unpacks the bitmask with numpy"
                       " and masks the logits in their own dtype with one `masked_fill_`. The result is"
-                      " bit-identical (tests/test_cpu_grammar_mask.py); `EngineConfig.cpu_grammar_mask=\"vllm\"`"
+                      " bit-identical (tests/nerve/test_cpu_grammar_mask.py); `EngineConfig.cpu_grammar_mask=\"vllm\"`"
                       " restores vLLM's path.", ""]
             mk = _load("mask")
             if mk:

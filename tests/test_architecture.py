@@ -171,3 +171,24 @@ def test_the_server_uses_the_sdks_public_generated_modules() -> None:
     sdk = tomllib.loads((ROOT / "clients" / "python" / "pyproject.toml").read_text())["project"]
     root = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert f"nerve-client=={sdk['version']}" in root["dependencies"]
+
+
+def test_the_run_loop_does_not_branch_on_the_kind_of_method() -> None:
+    """``run_config`` asks the method's recipe (``tuning.recipes``), never which kind of method it runs."""
+    tree = ast.parse((ROOT / "tuning" / "run.py").read_text(encoding="utf-8"))
+    run_config = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "run_config")
+    for node in ast.walk(run_config):
+        if isinstance(node, ast.If | ast.IfExp):
+            names = {n.id for n in ast.walk(node.test) if isinstance(n, ast.Name)}
+            attrs = {n.attr for n in ast.walk(node.test) if isinstance(n, ast.Attribute)}
+            assert not ({"causal", "kind"} & (names | attrs)), f"run_config branches on {ast.unparse(node.test)}"
+
+
+def test_tests_mirror_the_packages() -> None:
+    """Each test module sits in the folder of what it tests; only this whole-tree check sits at the top."""
+    folders = {"ner", "nerve", "service", "tuning", "client", "deploy", "loadtests", "bench"}
+    misplaced = [str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")
+                 if p.parent.name not in folders and p.name != "test_architecture.py"]
+    assert not misplaced, f"test modules outside the package folders: {misplaced}"
+    for folder in folders:
+        assert (ROOT / "tests" / folder / "__init__.py").is_file()

@@ -25,32 +25,21 @@ from typing import Any
 
 import torch
 
-from ner.card import CARD_FILENAME, TaskCard
-from ner.labels import LabelSet
 from nerve.hardware import describe_machine
 
 from .collate import ListDataset, PackedCollator, PaddingCollator, check_packing, pack_features
 from .config import ConfigError, TuneConfig, expand_path, load_config
 from .data import (
-    apply_max_length,
-    encode_causal,
-    end_of_turn,
-    generation_eos_ids,
     load_mixture,
     load_splits,
-    report_causal,
     resolve_card,
     restrict_labels,
-    sampled_label_lists,
 )
 from .export import RUN_FILENAME, merge_adapter
 from .methods import compute_dtype, get_method, mixed_precision_bf16, trainable_summary
+from .recipes import Features, recipe_for
 
 logger = logging.getLogger("nerve.tuning")
-
-TUNED_TEMPLATE = "nerve-ner-v2"
-"""The prompt template tuned checkpoints use unless ``data.template`` says otherwise (compact, see ner.prompts)."""
-
 
 def tune(config_path: str | Path | None, overrides: Sequence[str] = (), *, callbacks: Sequence[Any] = (),
          console=None) -> Path:
@@ -173,17 +162,14 @@ def run_config(cfg: TuneConfig, *, callbacks: Sequence[Any] = (), console=None) 
 
     from nerve.models import resolve_model
 
-    from .encoder import TaggerEvaluator, bio_tags, encode_token_cls, report_token_cls
-    from .evaluation import EngineEvaluator, engine_unavailable_reason
     from .trainer import EvaluateAtEnd, JsonlLog, NerveTrainer, RichProgress, TokenCounter, seed_everything, tensorboard_callback
 
     setup_logging(console)
     method = get_method(cfg.method.name)
+    recipe = recipe_for(method)
     method.check_available(cfg)
     method.check_config(cfg)
-    causal = method.kind == "causal-lm"
-    if cfg.train.packing and not causal:
-        raise ConfigError("train.packing applies to causal-LM methods only (token-cls pads per batch)")
+    recipe.check_config(cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     run_dir = Path(expand_path(cfg.train.output_dir) or "runs/nerve-tune")
@@ -203,71 +189,24 @@ def run_config(cfg: TuneConfig, *, callbacks: Sequence[Any] = (), console=None) 
     # --- data --------------------------------------------------------------------------------------------
     mixture = load_mixture(cfg.data) if cfg.data.sources else None
     train_ex, dev_ex = (mixture.train, mixture.dev) if mixture else load_splits(cfg.data)
-    base_card = TaskCard.load(model_path) if (model_path / CARD_FILENAME).is_file() else None
-    card = resolve_card(cfg.data, train_ex, base_card=base_card if causal else None,
+    card = resolve_card(cfg.data, train_ex, base_card=recipe.base_card(model_path),
                         labels=mixture.labels if mixture else None)
-    if causal:
-        card = replace(card, template=cfg.data.template or TUNED_TEMPLATE, open_labels=cfg.data.label_sampling)
     train_ex, dropped = restrict_labels(train_ex, card.labels.names, cfg.data.unknown_labels, "train")
     dev_ex, dropped_dev = restrict_labels(dev_ex, card.labels.names, cfg.data.unknown_labels, "dev")
-    card = replace(card, base_model=cfg.model.name_or_path)
-    tags: list[str] | None = None
-    if causal:
-        card = card.with_chat_template(tokenizer.chat_template)
-        eot = end_of_turn(tokenizer, card, generation_eos_ids(model_path))
-        train_lists = dev_lists = None
-        if cfg.data.label_sampling:
-            vocabs = mixture.train_vocab if mixture else [tuple(card.labels.names)] * len(train_ex)
-            train_ex, train_lists = sampled_label_lists(train_ex, vocabs, cfg.data, card.labels.names, cfg.data.seed)
-        if mixture:  # each dev example is scored with its own source's labels, in the card's order
-            dev_lists = [LabelSet.from_names([n for n in card.labels.names if n in v]) for v in mixture.dev_vocab]
-        encoded = encode_causal(tokenizer, card, train_ex, eot, label_lists=train_lists)
-        report = report_causal("train", train_ex, encoded, card, cfg.data, dropped_entities=dropped)
-        max_len = report.max_length
-        train_enc, over = apply_max_length(encoded, max_len, cfg.data.overlength)
-        train_feats = [e.as_feature() for e in train_enc]
-        dev_encoded = encode_causal(tokenizer, card, dev_ex, eot, label_lists=dev_lists)
-        dev_report = report_causal("dev", dev_ex, dev_encoded, card, cfg.data, max_len, dropped_dev) if dev_ex else None
-        dev_feats = [e.as_feature() for e in apply_max_length(dev_encoded, max_len, cfg.data.overlength)[0]]
-        if over:
-            logger.warning("%d of %d training examples are longer than max_length %d tokens: %s", over,
-                           len(encoded), max_len, "dropped" if cfg.data.overlength == "drop" else "truncated")
-        logger.info("end of answer: %r (ids %s)%s", eot.marker, list(eot.marker_ids),
-                    f" + eos {eot.append_eos}" if eot.append_eos is not None else "")
-    else:
-        card = replace(card, chat_template_sha256=None)
-        tags = bio_tags(card.labels.names)
-        report = report_token_cls("train", train_ex, tokenizer, card, cfg.data, dropped_entities=dropped)
-        max_len = report.max_length
-        train_feats = encode_token_cls(tokenizer, train_ex, tags, max_len)
-        dev_report = report_token_cls("dev", dev_ex, tokenizer, card, cfg.data, max_len, dropped_dev) if dev_ex else None
-        dev_feats = encode_token_cls(tokenizer, dev_ex, tags, max_len) if dev_ex else []
-        if report.overlength:
-            logger.warning("%d of %d training texts are longer than max_length %d tokens: truncated (entities past "
-                           "the cut: %d)", report.overlength, len(train_ex), max_len, report.untaggable["truncated"])
-    if not train_feats:
+    card = recipe.card(card, cfg, tokenizer)
+    feats = recipe.features(cfg, tokenizer, model_path, card, train_ex, dev_ex, mixture, dropped, dropped_dev)
+    report, max_len = feats.report, feats.max_length
+    if not feats.train:
         raise ConfigError("no training examples left after the length policy")
     if main_process:
         (run_dir / "data_report.json").write_text(json.dumps(
-            {"train": report.to_dict(), "dev": dev_report.to_dict() if dev_report else None}, indent=2,
+            {"train": report.to_dict(), "dev": feats.dev_report.to_dict() if feats.dev_report else None}, indent=2,
             ensure_ascii=False) + "\n", encoding="utf-8")
         if cfg.train.progress:
             report.print(console)
 
     # --- evaluation --------------------------------------------------------------------------------------
-    evaluator = None
-    if dev_ex and not causal:
-        evaluator = TaggerEvaluator(dev_ex, tokenizer, tags, card.labels.names, max_len, limit=cfg.eval.max_examples)
-    elif dev_ex and cfg.eval.with_engine:
-        reason = engine_unavailable_reason()
-        if reason:
-            logger.warning("engine evaluation off: %s. Evaluating dev loss only; best checkpoint by lowest dev loss.",
-                           reason)
-        else:
-            evaluator = EngineEvaluator(dev_ex, card, limit=cfg.eval.max_examples, export_dtype=cfg.model.export_dtype,
-                                        progress=cfg.train.progress)
-    elif dev_ex:
-        logger.info("eval.with_engine is false: evaluating dev loss only; best checkpoint by lowest dev loss.")
+    evaluator = recipe.evaluator(cfg, dev_ex, tokenizer, card, feats) if dev_ex else None
     if not dev_ex:
         logger.info("no dev set (data.dev_file / data.dev_ratio): no evaluation; the final model is the last step's.")
     elif evaluator is not None:
@@ -275,30 +214,15 @@ def run_config(cfg: TuneConfig, *, callbacks: Sequence[Any] = (), console=None) 
     metric = cfg.eval.metric if evaluator is not None else "loss"
 
     # TrainingArguments before the model: under DeepSpeed ZeRO-3 this makes from_pretrained partition the weights.
-    args = training_arguments(cfg, run_dir, has_eval=bool(dev_feats), metric=metric)
+    args = training_arguments(cfg, run_dir, has_eval=bool(feats.dev), metric=metric)
 
     # --- model -------------------------------------------------------------------------------------------
     dtype = compute_dtype(cfg)
     logger.info("compute dtype: %s; weights loaded as %s, bf16 mixed precision %s", dtype,
                 str(method.train_dtype(cfg)).replace("torch.", ""), "on" if args.bf16 else "off")
-    model = method.load(model_path, cfg, tags=tags)
+    model = method.load(model_path, cfg, **feats.model_kwargs)
     logger.info("method %s: %s", method.name, trainable_summary(model))
-    pad = tokenizer.pad_token_id
-    if cfg.train.packing:
-        check_packing(model, train_feats, pad)
-        width = cfg.train.pack_length or max_len
-        if width < max_len:
-            raise ConfigError(f"train.pack_length ({width}) must be at least data.max_length ({max_len})")
-        train_ds = ListDataset(pack_features(train_feats, width))
-        eval_ds = ListDataset(pack_features(dev_feats, width)) if dev_feats else None
-        collator = PackedCollator(pad)
-        logger.info("packing: %d examples in %d rows of <= %d tokens (%.0f%% filled)", len(train_feats),
-                    len(train_ds), width,
-                    100 * sum(len(f["input_ids"]) for f in train_feats) / (len(train_ds) * width))
-    else:
-        train_ds = ListDataset(train_feats)
-        eval_ds = ListDataset(dev_feats) if dev_feats else None
-        collator = PaddingCollator(pad)
+    train_ds, eval_ds, collator = _datasets(cfg, model, feats, tokenizer.pad_token_id)
 
     # --- training ----------------------------------------------------------------------------------------
     counter = TokenCounter()
@@ -310,8 +234,8 @@ def run_config(cfg: TuneConfig, *, callbacks: Sequence[Any] = (), console=None) 
         cbs.append(progress)
     trainer = NerveTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
-        processing_class=tokenizer, callbacks=cbs, task_evaluator=evaluator, causal=causal,
-        selective_logits=causal and cfg.train.selective_logits, token_counter=counter,
+        processing_class=tokenizer, callbacks=cbs, task_evaluator=evaluator, causal=recipe.causal,
+        selective_logits=recipe.causal and cfg.train.selective_logits, token_counter=counter,
     )
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
@@ -359,6 +283,21 @@ def run_config(cfg: TuneConfig, *, callbacks: Sequence[Any] = (), console=None) 
                     f" (best {metric} {state.best_metric:.4g} at {Path(state.best_model_checkpoint).name})"
                     if state.best_model_checkpoint and state.best_metric is not None else "")
     return run_dir
+
+
+def _datasets(cfg: TuneConfig, model: torch.nn.Module, feats: Features, pad: int):
+    """The training and dev datasets and their collator: packed rows (checked to keep examples apart) or one
+    example per row."""
+    if not cfg.train.packing:
+        return (ListDataset(feats.train), ListDataset(feats.dev) if feats.dev else None, PaddingCollator(pad))
+    check_packing(model, feats.train, pad)
+    width = cfg.train.pack_length or feats.max_length
+    if width < feats.max_length:
+        raise ConfigError(f"train.pack_length ({width}) must be at least data.max_length ({feats.max_length})")
+    train_ds = ListDataset(pack_features(feats.train, width))
+    logger.info("packing: %d examples in %d rows of <= %d tokens (%.0f%% filled)", len(feats.train), len(train_ds),
+                width, 100 * sum(len(f["input_ids"]) for f in feats.train) / (len(train_ds) * width))
+    return train_ds, ListDataset(pack_features(feats.dev, width)) if feats.dev else None, PackedCollator(pad)
 
 
 def _resources(runtime: float | None, tokens: int, world_size: int) -> dict[str, Any]:

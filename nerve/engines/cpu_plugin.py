@@ -5,7 +5,7 @@ worker processes. It replaces how grammar bitmasks are applied to the logits: vL
 whole logits batch to float32, runs xgrammar's single-threaded kernel and converts back, 0.5 to 0.8 ms per
 sequence per step over a 152k vocabulary at 8 to 64 sequences; nerve unpacks the bitmask with numpy and masks
 the logits in their own dtype in one ``masked_fill_``, 6 to 10 times faster (``bench/bench_spine.py --stages
-mask,overhead``). The result is bit-identical (``tests/test_cpu_grammar_mask.py``).
+mask,overhead``). The result is bit-identical (``tests/nerve/test_cpu_grammar_mask.py``).
 ``EngineConfig.cpu_grammar_mask = "vllm"`` keeps vLLM's path; CUDA logits always take vLLM's kernel.
 """
 

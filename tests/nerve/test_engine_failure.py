@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nerve_client.pb import service_pb2 as spb
 from nerve_client.pb import service_pb2_grpc
 
-from tests.test_serve_process import free_port, wait_serving
+from tests.service.test_serve_process import free_port, wait_serving
 
 pytestmark = pytest.mark.engine
 
@@ -199,7 +199,7 @@ def test_the_deploy_guide_lists_every_metric() -> None:
 
     from service.metrics import Metrics
 
-    docs = (Path(__file__).resolve().parents[1] / "docs" / "deploy.md").read_text(encoding="utf-8")
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text(encoding="utf-8")
     table = {name for row in re.findall(r"^\| `(nerve_[^|]*)\|", docs, re.M) for name in re.findall(r"nerve_\w+", row)}
     exported = set()
     for family in Metrics().registry.collect():
