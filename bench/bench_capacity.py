@@ -339,7 +339,7 @@ def main() -> None:
                 "analysis": analyse(steps, args.slo, args.step_seconds),
                 "projection": project(token_profile(args.model, sets))}
     steps = data["steps"]
-    write_results(RESULTS / "capacity.json", data)
+    data = json.loads(write_results(RESULTS / "capacity.json", data).read_text(encoding="utf-8"))  # with the machine
     REPORTS.mkdir(parents=True, exist_ok=True)
     plot(steps, args.slo, REPORTS / "capacity.png")
     print(report(data))

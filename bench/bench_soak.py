@@ -546,6 +546,7 @@ async def measure(args: argparse.Namespace, phases: list[dict[str, Any]], exampl
     raw_path.parent.mkdir(parents=True, exist_ok=True)
     log_path = raw_path.with_name(raw_path.name.replace("-raw.jsonl", "") + "-server.log")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env["NERVE_MAX_CONCURRENT_EVALUATIONS"] = str(args.max_evaluations)
     if args.max_queue:
         env["NERVE_MAX_QUEUE"] = str(args.max_queue)
         if args.max_queue < 64:  # the server refuses a batch limit above its queue (default 64 texts)
@@ -759,7 +760,8 @@ def report(data: dict[str, Any], path: Path) -> Path:
              f" ({mi.get('engine', '?')}, {mi.get('dtype', '?')}, {mi.get('structured_output_backend', '?')} schema)."
              f" Produced by `{s['command']}`; sentences: {s['sentences']}."
              f" Server queue (max_queue): {s['max_queue']} texts"
-             f"{' (its default)' if s.get('server_default_queue') else ''}; the server started in"
+             f"{' (its default)' if s.get('server_default_queue') else ''}, at most"
+             f" {s.get('max_concurrent_evaluations', 2)} Evaluate calls at once; the server started in"
              f" {data.get('server', {}).get('startup_seconds', '?')} s.", "",
              "Open-loop Poisson arrivals. Request mix: "
              + ", ".join(f"{k} {w:.0%}" for k, w in s["weights"].items())
@@ -841,6 +843,10 @@ def main() -> None:
     ap.add_argument("--max-queue", type=int, default=None,
                     help="the server's max_queue, texts (default: what capacity drains in half the 30 s deadline);"
                          " 0: the server's default")
+    ap.add_argument("--max-evaluations", type=int, default=4,
+                    help="the server's max_concurrent_evaluations (its default is 2): the mix offers about one Evaluate"
+                         " every 25 s at 2 requests/s, each taking ~10 s under load, so 2 would refuse some at once"
+                         " (RESOURCE_EXHAUSTED, by design) and the soak would measure that cap instead of the server")
     ap.add_argument("--bucket-seconds", type=float, default=60.0, help="width of the aggregation windows (and progress lines)")
     ap.add_argument("--sample-seconds", type=float, default=5.0, help="interval of the RSS/fd sampler")
     ap.add_argument("--seed", type=int, default=0, help="seed of arrivals and request kinds")
@@ -882,7 +888,8 @@ def main() -> None:
         settings = {"command": f"python bench/bench_soak.py {rel}".strip(), **d, "capacity_cpu": cap_cpu,
                     "capacity_from": "--capacity" if args.capacity else "bench/results/capacity.json" if cap_file
                     else "built-in 6 requests/s", "settle_s": settle,
-                    "max_queue": queue, "server_default_queue": not args.max_queue, "bucket_seconds": args.bucket_seconds,
+                    "max_queue": queue, "server_default_queue": not args.max_queue,
+                    "max_concurrent_evaluations": args.max_evaluations, "bucket_seconds": args.bucket_seconds,
                     "sample_seconds": args.sample_seconds, "seed": args.seed, "weights": dict(zip(KINDS, WEIGHTS, strict=True)),
                     "texts_per_request": TEXTS_PER_REQUEST,
                     "batch_texts": BATCH_TEXTS, "eval_examples": EVAL_EXAMPLES, "timeouts_s": TIMEOUTS,
