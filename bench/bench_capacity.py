@@ -116,10 +116,10 @@ def token_profile(model: str, texts_by_set: dict[str, list[str]]) -> dict:
     """Prompt tokens per request (the task card's prompt) and answer tokens (from bench_spine results)."""
     from transformers import AutoTokenizer
 
-    from ner.card import TaskCard
-    from ner.prompts import render_prompt
     from nerve.models import resolve_model
-    from tuning.export import merge_adapter
+    from nerve.ner.card import TaskCard
+    from nerve.ner.prompts import render_prompt
+    from nerve.tuning.export import merge_adapter
 
     path = resolve_model(model, merge=merge_adapter)
     tok = AutoTokenizer.from_pretrained(path)
@@ -317,7 +317,7 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true",
                     help="re-project and rewrite the report from bench/results/capacity.json (no load run)")
     args = ap.parse_args()
-    from ner.readers import read_dataset
+    from nerve.ner.readers import read_dataset
     from nerve.paths import datasets_dir
 
     d = datasets_dir()

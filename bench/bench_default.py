@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.record import write_results  # noqa: E402
-from ner.labels import CONLL2003_WORDS as CONLL_WORDS  # noqa: E402
+from nerve.ner.labels import CONLL2003_WORDS as CONLL_WORDS  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "default-model.json"
 REPORT = ROOT / "bench" / "reports" / "default-model.md"
@@ -34,8 +34,8 @@ REPORT = ROOT / "bench" / "reports" / "default-model.md"
 def _sets(n: int):
     from dataclasses import replace
 
-    from ner.readers import read_dataset
-    from ner.types import Example
+    from nerve.ner.readers import read_dataset
+    from nerve.ner.types import Example
     from nerve.paths import datasets_dir
 
     d = datasets_dir()
@@ -90,10 +90,10 @@ def _score(model_dir: Path, passes: list[tuple[str, object, list, list[str] | No
 
 
 def run(tuned: str, base: str, n: int, full: bool = False) -> dict:
-    from ner.card import TaskCard
     from nerve.hardware import describe_machine
     from nerve.models import resolve_model
-    from tuning.export import merge_adapter
+    from nerve.ner.card import TaskCard
+    from nerve.tuning.export import merge_adapter
 
     sets = _sets(n)
     whole = _sets(0) if full else None

@@ -38,7 +38,7 @@ DTYPES = ("bfloat16", "float32")
 
 def sentences(n: int) -> list[str]:
     """Short real sentences (CLUENER dev and CoNLL testb alternating), or built-in ones without the datasets."""
-    from ner.readers import read_dataset
+    from nerve.ner.readers import read_dataset
     from nerve.paths import datasets_dir
 
     d = datasets_dir()
@@ -55,9 +55,9 @@ def sentences(n: int) -> list[str]:
 
 
 async def serving_arm(model_dir: Path, dtype: str, single: list[str], batch: list[str]) -> dict:
-    from ner.card import TaskCard
     from nerve.engines.vllm import EngineConfig, VllmEngine
     from nerve.extraction import Extractor
+    from nerve.ner.card import TaskCard
 
     t0 = time.perf_counter()
     engine = await VllmEngine.start(EngineConfig(model=str(model_dir), dtype=dtype))
@@ -185,7 +185,7 @@ def main() -> None:
         return
     from nerve.hardware import choose_dtype
     from nerve.models import get_spec, resolve_model
-    from tuning.export import merge_adapter
+    from nerve.tuning.export import merge_adapter
 
     spec = get_spec(args.model)
     model_dir = resolve_model(spec.name, merge=merge_adapter)

@@ -1,7 +1,7 @@
 """Tokens per example of the two task formats: nerve-ner-v1 (zero-shot) against nerve-ner-v2 (tuned checkpoints).
 
 For CLUENER dev and CoNLL-2003 testb, every example is rendered by the same function training and serving use
-(``ner.prompts.render_training_pair``, the Qwen2.5 chat template) with the dataset's full label list: v1 with
+(``nerve.ner.prompts.render_training_pair``, the Qwen2.5 chat template) with the dataset's full label list: v1 with
 the presets' label descriptions and object answers, v2 with label names only and [label, text] pair answers
 (CoNLL's tags named in words, as the tuned default is trained). Prompt and completion tokens are counted with
 the Qwen tokenizer; the completion includes the end-of-turn token.
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.record import write_results  # noqa: E402
-from ner.labels import CONLL2003_WORDS as CONLL_WORDS  # noqa: E402
+from nerve.ner.labels import CONLL2003_WORDS as CONLL_WORDS  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "format-tokens.json"
 REPORT = ROOT / "bench" / "reports" / "format.md"
@@ -30,11 +30,11 @@ REPORT = ROOT / "bench" / "reports" / "format.md"
 def measure() -> dict:
     from transformers import AutoTokenizer
 
-    from ner.card import TaskCard
-    from ner.labels import LabelSet
-    from ner.prompts import render_training_pair
-    from ner.readers import read_dataset
     from nerve.models import resolve_model
+    from nerve.ner.card import TaskCard
+    from nerve.ner.labels import LabelSet
+    from nerve.ner.prompts import render_training_pair
+    from nerve.ner.readers import read_dataset
     from nerve.paths import datasets_dir
 
     d = datasets_dir()

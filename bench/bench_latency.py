@@ -82,11 +82,11 @@ async def measure(model: str, texts: list[str], calls: int, preset: str | None =
                   speeds: bool = True) -> dict:
     """One engine: idle calls, saturation and (with ``speeds``) prefill and decode speed. ``preset`` replaces the
     checkpoint's task card with a preset one; ``block_size`` overrides the engine's."""
-    from ner.card import TaskCard
     from nerve.engines.vllm import EngineConfig, GenerationRequest, VllmEngine
     from nerve.extraction import Extractor
     from nerve.models import resolve_model
-    from tuning.export import merge_adapter
+    from nerve.ner.card import TaskCard
+    from nerve.tuning.export import merge_adapter
 
     model_dir = resolve_model(model, merge=merge_adapter)
     engine = await VllmEngine.start(EngineConfig(model=str(model_dir), block_size=block_size))

@@ -45,9 +45,9 @@ def spec_counters() -> dict[str, float]:
 
 
 async def arm(model_dir: Path, k: int, single: list[str], batch: list[str]) -> dict:
-    from ner.card import TaskCard
     from nerve.engines.vllm import EngineConfig, VllmEngine
     from nerve.extraction import Extractor
+    from nerve.ner.card import TaskCard
 
     engine = await VllmEngine.start(EngineConfig(model=str(model_dir), speculative_tokens=k))
     try:
@@ -151,7 +151,7 @@ def main() -> None:
         print(report(data))
         return
     from nerve.models import resolve_model
-    from tuning.export import merge_adapter
+    from nerve.tuning.export import merge_adapter
 
     model_dir = resolve_model(args.model, merge=merge_adapter)
     texts = sentences(args.n + 32)

@@ -34,11 +34,11 @@ FORMATS = {"v1": ("qwen2.5-coder-0.5b-instruct", "cluener"), "v2": ("qwen2.5-cod
 
 
 async def arm(fmt: str, block: int | None, texts: list[str]) -> dict:
-    from ner.card import TaskCard
     from nerve.engines.vllm import EngineConfig, VllmEngine
     from nerve.extraction import Extractor
     from nerve.models import resolve_model
-    from tuning.export import merge_adapter
+    from nerve.ner.card import TaskCard
+    from nerve.tuning.export import merge_adapter
 
     model, preset = FORMATS[fmt]
     model_dir = resolve_model(model, merge=merge_adapter)

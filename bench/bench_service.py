@@ -65,9 +65,9 @@ async def drive(call, texts: list[str], concurrency: int) -> dict:
 
 
 async def direct_phase(model_dir: Path, pool: list[str], levels: list[int]) -> dict:
-    from ner.card import TaskCard
     from nerve.engines.vllm import EngineConfig, VllmEngine
     from nerve.extraction import Extractor
+    from nerve.ner.card import TaskCard
 
     engine = await VllmEngine.start(EngineConfig(model=str(model_dir)))
     try:
@@ -176,10 +176,10 @@ def main() -> None:
     ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
     ap.add_argument("--levels", default="1,4,16,64")
     args = ap.parse_args()
-    from ner.readers import read_dataset
     from nerve.models import resolve_model
+    from nerve.ner.readers import read_dataset
     from nerve.paths import datasets_dir
-    from tuning.export import merge_adapter
+    from nerve.tuning.export import merge_adapter
 
     d = datasets_dir()
     if d is None:

@@ -290,8 +290,8 @@ def _free_port() -> int:
 
 def load_examples() -> tuple[list[Any], str]:
     """CLUENER dev and CoNLL-2003 testb interleaved (then the rest of the longer one), or synthetic examples."""
-    from ner.readers import read_dataset
-    from ner.types import Entity, Example
+    from nerve.ner.readers import read_dataset
+    from nerve.ner.types import Entity, Example
     from nerve.paths import datasets_dir
 
     d = datasets_dir()
@@ -881,7 +881,7 @@ def main() -> None:
             m = asyncio.run(measure(args, phases, examples, raw))
         except KeyboardInterrupt:
             raise SystemExit(f"interrupted: the server is stopped; the rows so far are in {raw}") from None
-        from service.config import ServeConfig
+        from nerve.service.config import ServeConfig
 
         queue = args.max_queue or ServeConfig().max_queue
         rel = " ".join(sys.argv[1:])

@@ -47,7 +47,7 @@ def datasets() -> Path:
 
 
 def cluener_dev(n: int | None = None):
-    from ner.readers import read_dataset
+    from nerve.ner.readers import read_dataset
 
     ex = read_dataset(datasets() / "cluener" / "dev.jsonl")
     return ex[:n] if n else ex
@@ -60,14 +60,14 @@ def save(stage: str, data: dict) -> None:
 
 
 def card_for(model_dir: Path, preset: str):
-    from ner.card import TaskCard
+    from nerve.ner.card import TaskCard
 
     return TaskCard.preset(preset, chat_template_sha256=TaskCard.load(model_dir).chat_template_sha256)
 
 
 def rescore(examples, results, labels) -> dict:
     """One summary over several timed chunks (``results`` are the chunks' ExtractionResults, in order)."""
-    from ner.scoring import Scorer
+    from nerve.ner.scoring import Scorer
 
     s = Scorer(labels=labels)
     for ex, r in zip(examples, results, strict=True):
@@ -99,11 +99,11 @@ def stage_hf(model_dir: Path, n: int, max_new_tokens: int, chunks: int = 2, hf_d
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from bench.analysis import parse_lenient
-    from ner.parsing import AnswerParseError, ground, parse_answer
-    from ner.prompts import render_prompt
-    from ner.scoring import Scorer
     from nerve.engines.vllm import EngineConfig, VllmEngine
     from nerve.extraction import Extractor
+    from nerve.ner.parsing import AnswerParseError, ground, parse_answer
+    from nerve.ner.prompts import render_prompt
+    from nerve.ner.scoring import Scorer
 
     torch.set_num_threads(2)
     examples = cluener_dev(n)
@@ -345,8 +345,8 @@ def stage_mask(model_dir: Path, repeats: int = 30) -> None:
     import xgrammar as xgr
     from transformers import AutoConfig, AutoTokenizer
 
-    from ner.schema import output_spec
     from nerve.engines.cpu_plugin import grammar_mask_functions
+    from nerve.ner.schema import output_spec
 
     vllm_apply, nerve_apply = grammar_mask_functions()
     card = card_for(model_dir, "cluener")
@@ -443,9 +443,9 @@ def stage_backends(model_dir: Path, n: int, chunks: int, outlines_cap: float) ->
     sentences and ``outlines_cap`` seconds; what finished by then is recorded, the rest is aborted. Then one
     request with the bounded schema shows whether outlines can compile it.
     """
-    from ner.schema import output_spec
     from nerve.engines.vllm import EngineConfig, GenerationRequest, VllmEngine
     from nerve.extraction import Extractor
+    from nerve.ner.schema import output_spec
 
     examples = cluener_dev(n)
     card = card_for(model_dir, "cluener")
@@ -555,15 +555,15 @@ def stage_grounded(model_dir: Path, n: int, chunks: int) -> None:
 
 
 def conll_testb(n: int | None = None):
-    from ner.readers import read_dataset
+    from nerve.ner.readers import read_dataset
 
     ex = read_dataset(datasets() / "conll2003" / "eng.testb")
     return ex[:n] if n else ex
 
 
 def stage_zeroshot(model_dir: Path) -> None:
-    from ner.readers import read_dataset
     from nerve.engines.vllm import EngineConfig, VllmEngine
+    from nerve.ner.readers import read_dataset
     from nerve.reports import write_report
 
     d = datasets()
@@ -607,7 +607,7 @@ def main() -> None:
                     help="seconds the outlines run (schema without bounds) gets before it is stopped")
     args = ap.parse_args()
     from nerve.models import resolve_model
-    from tuning.export import merge_adapter
+    from nerve.tuning.export import merge_adapter
 
     model_dir = resolve_model(args.model, merge=merge_adapter)
     for stage in args.stages.split(","):

@@ -1,6 +1,6 @@
 """Real tuning runs on this machine, scored like the service scores them (report: bench/reports/tuning.md).
 
-Stages (each trains with ``tuning.run.tune``, exports with ``tuning.export.export_checkpoint``, then scores the
+Stages (each trains with ``nerve.tuning.run.tune``, exports with ``nerve.tuning.export.export_checkpoint``, then scores the
 exported checkpoint through ``nerve.extraction.run_with_extractor``, i.e. the engine ``nerve serve`` would use):
 
 * ``minilm``: MiniLM-L6 token classification on CoNLL-2003 train, scored on the full testb; the span scores
@@ -52,8 +52,8 @@ def _datasets() -> Path:
 
 
 def train_and_export(name: str, config: str, overrides: list[str], reuse: bool = False) -> tuple[Path, Path, dict, float]:
-    from tuning.export import export_checkpoint
-    from tuning.run import tune
+    from nerve.tuning.export import export_checkpoint
+    from nerve.tuning.run import tune
 
     run_dir = RUNS / f"bench-{name}"
     record = run_dir / "nerve_run.json"
@@ -69,9 +69,9 @@ def train_and_export(name: str, config: str, overrides: list[str], reuse: bool =
 
 def score_checkpoint(model_dir: Path, examples, card=None, name: str = "", meta: dict | None = None):
     """Scores of a checkpoint on examples through the serving engine; writes a report under reports/tuning/."""
-    from ner.card import TaskCard
     from nerve.engines.vllm import EngineConfig
     from nerve.extraction import Limits, evaluate, run_with_extractor
+    from nerve.ner.card import TaskCard
     from nerve.reports import write_report
 
     card = card or TaskCard.load(model_dir)
@@ -94,7 +94,7 @@ def seqeval_f1(examples, predictions) -> dict:
     """seqeval's micro F1 over the CoNLL tokens, for predictions that fall on token boundaries."""
     from seqeval.metrics import f1_score
 
-    from ner.readers.conll import entities_to_tags, token_offsets
+    from nerve.ner.readers.conll import entities_to_tags, token_offsets
 
     y_true, y_pred, misaligned = [], [], 0
     for ex, pred in zip(examples, predictions, strict=True):
@@ -124,7 +124,7 @@ def save(name: str, data: dict) -> None:
 
 
 def stage_minilm(args) -> None:
-    from ner.readers import read_dataset
+    from nerve.ner.readers import read_dataset
 
     d = _datasets()
     run_dir, out, run, wall = train_and_export("minilm", "minilm_conll_tokencls.yaml",
@@ -142,7 +142,7 @@ def stage_minilm(args) -> None:
 
 def stage_causal(args, name: str, config: str, train_n: int, steps: int, eval_path: Path, eval_n: int | None,
                  data_name: str, eval_name: str, zero_shot_model: str | None = None) -> None:
-    from ner.readers import read_dataset
+    from nerve.ner.readers import read_dataset
 
     overrides = ["--data.max_train_examples", str(train_n), "--train.max_steps", str(steps),
                  "--train.eval_steps", str(steps), "--train.save_steps", str(steps),
@@ -155,8 +155,8 @@ def stage_causal(args, name: str, config: str, train_n: int, steps: int, eval_pa
     data = summary(run, wall, res, ew, f"{data_name}: {train_n} examples, {steps} steps", eval_name)
     data["run_dir"] = str(run_dir.relative_to(ROOT))
     if zero_shot_model:
-        from ner.card import TaskCard
         from nerve.models import resolve_model
+        from nerve.ner.card import TaskCard
 
         base = resolve_model(zero_shot_model)
         card = TaskCard.load(out)  # the tuned model's labels and bounds; the base model's own template pin

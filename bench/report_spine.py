@@ -92,8 +92,8 @@ def _earlier_serving(hf: dict) -> list[str]:
               " its formatting is forgiven; the labels it invents are still wrong, and no reading fixes those."
               f" Same model, prompt and greedy decoding in both arms; F1 on {hf['sentences']} sentences says"
               " little beyond that (section 5 has the full dev sets).", ""]
-    from ner.card import TaskCard
-    from ner.parsing import AnswerParseError, parse_answer
+    from nerve.ner.card import TaskCard
+    from nerve.ner.parsing import AnswerParseError, parse_answer
 
     def strict_ok(answer: str) -> bool:
         try:

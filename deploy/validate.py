@@ -258,7 +258,7 @@ def server_config(deployment: dict[str, Any], objs: list[dict[str, Any]]) -> tup
     """The effective ``nerve serve`` settings of a Deployment's server container, as a dict.
 
     Reads config.yaml from the ConfigMap mounted on /etc/nerve and applies the container's literal ``NERVE_*``
-    environment, through nerve's own ``service.config.load_config`` when importable (so unknown keys and bad
+    environment, through nerve's own ``nerve.service.config.load_config`` when importable (so unknown keys and bad
     values fail here exactly as in the pod), else as plain YAML.
     """
     container = _server_container(deployment)
@@ -299,11 +299,11 @@ def server_config(deployment: dict[str, Any], objs: list[dict[str, Any]]) -> tup
 
 
 def config_loader() -> Any | None:
-    """nerve's ``service.config.load_config``, or ``None`` when the server package cannot be imported here."""
+    """nerve's ``nerve.service.config.load_config``, or ``None`` when the server package cannot be imported here."""
     try:
         sys.path.insert(0, str(REPO_ROOT))
         try:
-            from service.config import load_config
+            from nerve.service.config import load_config
         finally:
             sys.path.remove(str(REPO_ROOT))
     except Exception:  # noqa: BLE001 - the server package is optional here; callers fall back to plain YAML
@@ -474,7 +474,7 @@ def validate_overlay(path: Path, k8s_version: str = DEFAULT_K8S_VERSION, rendere
 def print_summary(reports: list[Report], k8s_version: str, out=sys.stdout) -> None:
     crd_kinds = ", ".join(kind for _, kind in CRD_SCHEMAS)
     print(f"Kubernetes {k8s_version} schemas (strict); custom resources checked structurally: {crd_kinds}", file=out)
-    how = ("service.config.load_config" if config_loader() is not None
+    how = ("nerve.service.config.load_config" if config_loader() is not None
            else "plain YAML only (the service package is not importable: install the project to check it fully)")
     print(f"server config.yaml checked with {how}", file=out)
     print(f"{'overlay':<14} {'objects':>7} {'schema ok':>9} {'crd ok':>6}  result", file=out)

@@ -88,7 +88,7 @@ def load_corpus(root: str | os.PathLike[str] | None = None, per_language: int = 
     found: list[str] = []
     if folder is not None:
         try:
-            from ner.readers import read_dataset
+            from nerve.ner.readers import read_dataset
         except ImportError:  # running outside the repository's environment
             read_dataset = None
         for language, (_task, rel) in DATASETS.items():

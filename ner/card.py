@@ -26,7 +26,7 @@ ANSWER_PAIRS = "pairs"
 
 @dataclass(frozen=True, slots=True)
 class SchemaBounds:
-    """Bounds that make every constrained answer finite (see :mod:`ner.schema`)."""
+    """Bounds that make every constrained answer finite (see :mod:`nerve.ner.schema`)."""
 
     max_entities: int = 24
     """Most entities one answer may hold (``maxItems``)."""
@@ -49,7 +49,7 @@ class TaskCard:
     language: str = "multi"
     """``zh``, ``en`` or ``multi``: informs prompt wording and reports only."""
     template: str = "nerve-ner-v1"
-    """Id of the prompt template in :mod:`ner.prompts`."""
+    """Id of the prompt template in :mod:`nerve.ner.prompts`."""
     bounds: SchemaBounds = field(default_factory=SchemaBounds)
     chat_template_sha256: str | None = None
     """Hash of the tokenizer chat template the model was trained with; checked at load time."""

@@ -1,6 +1,6 @@
 """Grounded decoding: a per-request grammar whose entity texts can only be substrings of the input.
 
-The bounded JSON schema (:mod:`ner.schema`) guarantees a parseable answer but lets the model write any text,
+The bounded JSON schema (:mod:`nerve.ner.schema`) guarantees a parseable answer but lets the model write any text,
 which grounding then drops as a hallucination. This grammar goes further: each entity's ``text`` is a path in
 the suffix automaton of the input, so every answer is made of real substrings and nothing is ever dropped.
 The automaton has at most ``2n`` states and ``3n`` transitions for an input of ``n`` characters, so the grammar

@@ -2,7 +2,7 @@
 
 Training and serving both call :func:`render_prompt` (through the tokenizer's own chat template), so the
 text a model is tuned on is byte-for-byte the text it is served. The answer format is the compact JSON
-produced by :func:`render_answer`, which is also what the output schema (:mod:`ner.schema`) admits.
+produced by :func:`render_answer`, which is also what the output schema (:mod:`nerve.ner.schema`) admits.
 
 Two templates, pinned by the task card:
 
@@ -56,7 +56,7 @@ class Template:
     id: str
     system: Callable[[LabelSet], str]
     answer_format: str
-    """:data:`ner.card.ANSWER_OBJECTS` or :data:`ner.card.ANSWER_PAIRS` (what the schema and the parser use)."""
+    """:data:`nerve.ner.card.ANSWER_OBJECTS` or :data:`nerve.ner.card.ANSWER_PAIRS` (what the schema and the parser use)."""
 
 
 TEMPLATES: dict[str, Template] = {

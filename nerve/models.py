@@ -6,7 +6,7 @@ Hugging Face folder (safetensors + tokenizer + chat template) and writes a task 
 idempotent and atomic: a finished model has a ``.nerve-model.json`` stamp, a half-done one never appears.
 
 A registry entry can also be a LoRA adapter committed in this repository (``nerve/adapters/``), merged into
-its base when pulled. Merging is tuning's work (:func:`tuning.export.merge_adapter`); the registry takes it
+its base when pulled. Merging is tuning's work (:func:`nerve.tuning.export.merge_adapter`); the registry takes it
 as the ``merge`` argument, so that it stays below both the server and tuning. The ``nerve`` command and
 tuning pass it; a caller without it (the server alone) finds such a model only once it has been pulled.
 """
@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ner.card import TaskCard
+from nerve.ner.card import TaskCard
 
 from .paths import models_dir
 
@@ -290,7 +290,7 @@ def pull_model(name: str, *, force: bool = False, log: Callable[[str], None] = p
     """Download, verify and convert a registry model; returns its folder. Idempotent.
 
     An adapter entry needs ``merge`` (:data:`Merge`) to be merged into its base."""
-    from ner.card import TaskCard
+    from nerve.ner.card import TaskCard
 
     spec = get_spec(name)
     target = model_path(spec.name)
@@ -370,7 +370,7 @@ def _pull_adapter(spec: ModelSpec, target: Path, log: Callable[[str], None], mer
         raise ModelError(f"{spec.name} is a LoRA adapter merged into {spec.base} when it is pulled: run "
                          f"`nerve models pull {spec.name}` first")
     base_dir = resolve_model(spec.base, log=log)
-    from ner.card import TaskCard
+    from nerve.ner.card import TaskCard
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{spec.name}-", dir=target.parent) as tmp:

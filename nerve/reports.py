@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ner.scoring import ScoreReport
+from nerve.ner.scoring import ScoreReport
 
 
 def percentile(values: Sequence[float], q: float, *, method: str = "linear") -> float:

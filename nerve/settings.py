@@ -1,7 +1,7 @@
 """Typed settings from layers: defaults < YAML file < environment < command-line flags.
 
-One loader serves ``nerve serve`` (:class:`service.config.ServeConfig`, flat, with one nested ``engine``) and
-``nerve tune`` (:class:`tuning.config.TuneConfig`, one mapping per section). A settings class is a dataclass
+One loader serves ``nerve serve`` (:class:`nerve.service.config.ServeConfig`, flat, with one nested ``engine``) and
+``nerve tune`` (:class:`nerve.tuning.config.TuneConfig`, one mapping per section). A settings class is a dataclass
 whose fields may themselves be dataclasses; each layer is a mapping of the same shape, merged key by key over
 the layers before it, and the result is built and type-checked once:
 

@@ -16,9 +16,9 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from ner.readers import DatasetFormatError
 from nerve.engines.base import EngineDead, EngineError
 from nerve.extraction import InputError, SchemaBudgetExceeded
+from nerve.ner.readers import DatasetFormatError
 
 log = logging.getLogger("nerve.service")
 

@@ -20,13 +20,13 @@ from nerve_client.pb import service_pb2 as spb
 from nerve_client.pb import service_pb2_grpc
 from nerve_client.pb import types_pb2 as tpb
 
-from ner.prompts import answer_format
-from ner.readers import DatasetFormatError, NoEntitiesError, detect_format, iter_dataset
-from ner.readers.conll import normalize_scheme
-from ner.schema import output_spec
-from ner.scoring import LabelScore
-from ner.types import Entity, Example
 from nerve.extraction import ExtractionResult, ExtractorBase, InputError, RunningScore, score_stream
+from nerve.ner.prompts import answer_format
+from nerve.ner.readers import DatasetFormatError, NoEntitiesError, detect_format, iter_dataset
+from nerve.ner.readers.conll import normalize_scheme
+from nerve.ner.schema import output_spec
+from nerve.ner.scoring import LabelScore
+from nerve.ner.types import Entity, Example
 
 from .config import ServeConfig
 from .errors import (

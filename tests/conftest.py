@@ -122,10 +122,10 @@ def start_server(loop_thread, tiny_engine):
     """Factory: a server with the given settings over the shared tiny engine (no model load)."""
     from dataclasses import replace
 
-    from ner.card import TaskCard
     from nerve.extraction import Extractor, Limits
-    from service.config import ServeConfig
-    from service.server import NerveServer
+    from nerve.ner.card import TaskCard
+    from nerve.service.config import ServeConfig
+    from nerve.service.server import NerveServer
 
     running: list[Running] = []
 

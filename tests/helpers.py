@@ -11,7 +11,7 @@ def build_tiny_causal_lm(out: Path, tokenizer_src: Path, *, task: str = "cluener
     import torch
     from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-    from ner.card import TaskCard
+    from nerve.ner.card import TaskCard
 
     tok = AutoTokenizer.from_pretrained(tokenizer_src)
     torch.manual_seed(seed)

@@ -8,15 +8,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("ner", "nerve", "service", "tuning")
+FOLDERS = {"ner": "nerve.ner", "nerve": "nerve", "service": "nerve.service", "tuning": "nerve.tuning"}
+"""Each source folder and the import package it is installed as (pyproject.toml's package-dir)."""
 
 LAYERS: dict[str, int] = {
-    "ner": 0,  # the task contract
-    "nerve": 1,  # paths, hardware, the model registry, report files
+    "nerve.ner": 0,  # the task contract
+    "nerve": 1,  # paths, hardware, settings, the model registry, report files
     "nerve.engines": 2,  # loaded models behind one protocol
     "nerve.extraction": 3,  # texts in, grounded entities out; evaluation
-    "service": 4,  # the gRPC server
-    "tuning": 4,  # fine-tuning and export, beside the server
+    "nerve.service": 4,  # the gRPC server
+    "nerve.tuning": 4,  # fine-tuning and export, beside the server
     "nerve.cli": 5,  # the `nerve` command on top
 }
 """Layer of each package (a module belongs to the longest prefix listed). A module may import its own layer's
@@ -24,14 +25,19 @@ package and lower layers, never a higher one, and never the other package of its
 
 
 def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
-    if parts[-1] == "__init__":
+    """The name a source file is imported as: ``service/servicer.py`` is ``nerve.service.servicer``."""
+    folder, *parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts and parts[-1] == "__init__":
         parts.pop()
-    return ".".join(parts)
+    return ".".join([FOLDERS[folder], *parts])
 
 
 def _modules() -> dict[str, Path]:
-    return {_module_name(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
+    return {_module_name(p): p for folder in FOLDERS for p in sorted((ROOT / folder).rglob("*.py"))}
+
+
+def _ours(module: str) -> bool:
+    return module == "nerve" or module.startswith("nerve.")
 
 
 def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
@@ -50,7 +56,7 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
                 target = node.module or ""
             found.add(target)
             found.update(f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in known)
-    return {m for m in found if m.split(".")[0] in PACKAGES and m != name}
+    return {m for m in found if _ours(m) and m != name}
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +109,9 @@ def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_checker_sees_lazy_and_relative_imports(tmp_path) -> None:
     f = tmp_path / "x.py"
-    f.write_text("from .y import z\n\ndef f():\n    from tuning import run\n    import nerve.cli\n")
-    got = imports_of("service.x", f, {"tuning.run", "service.y"})
-    assert got == {"service.y", "tuning", "tuning.run", "nerve.cli"}
+    f.write_text("from .y import z\n\ndef f():\n    from nerve.tuning import run\n    import nerve.cli\n")
+    got = imports_of("nerve.service.x", f, {"nerve.tuning.run", "nerve.service.y"})
+    assert got == {"nerve.service.y", "nerve.tuning", "nerve.tuning.run", "nerve.cli"}
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
@@ -145,7 +151,7 @@ def test_nothing_imports_the_cli() -> None:
         for p in (ROOT / folder).rglob("*.py"):
             if p.is_relative_to(ROOT / "nerve" / "cli"):
                 continue
-            name = _module_name(p)
+            name = _module_name(p) if folder in FOLDERS else ".".join(p.relative_to(ROOT).with_suffix("").parts)
             if any(m == "nerve.cli" or m.startswith("nerve.cli.") for m in imports_of(name, p, set())):
                 users.append(name)
     assert users == []
@@ -174,7 +180,7 @@ def test_the_server_uses_the_sdks_public_generated_modules() -> None:
 
 
 def test_the_run_loop_does_not_branch_on_the_kind_of_method() -> None:
-    """``run_config`` asks the method's recipe (``tuning.recipes``), never which kind of method it runs."""
+    """``run_config`` asks the method's recipe (``nerve.tuning.recipes``), never which kind of method it runs."""
     tree = ast.parse((ROOT / "tuning" / "run.py").read_text(encoding="utf-8"))
     run_config = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "run_config")
     for node in ast.walk(run_config):
@@ -192,3 +198,32 @@ def test_tests_mirror_the_packages() -> None:
     assert not misplaced, f"test modules outside the package folders: {misplaced}"
     for folder in folders:
         assert (ROOT / "tests" / folder / "__init__.py").is_file()
+
+
+OLD_TOP_LEVEL = ("ner", "service", "tuning")
+
+
+def test_nothing_imports_the_folders_by_their_own_names() -> None:
+    """The installed names are nerve.ner, nerve.service and nerve.tuning; from the repository root the folders
+    are importable by their bare names too, and a module imported both ways would exist twice."""
+    wrong = []
+    files = [p for d in (*FOLDERS, "tests", "bench", "loadtests", "deploy", "examples", "proto", ".ci")
+             for p in sorted((ROOT / d).rglob("*.py"))]
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            wrong += [f"{path.relative_to(ROOT)}:{node.lineno} imports {n}" for n in names
+                      if n.split(".")[0] in OLD_TOP_LEVEL]
+    assert wrong == []
+
+
+def test_the_wheel_installs_one_top_level_package() -> None:
+    import tomllib
+
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    assert {p.split(".")[0] for p in tool["packages"]} == {"nerve"}
+    assert tool["package-dir"] == {name: folder for folder, name in FOLDERS.items()}
+    packages = {_module_name(p.parent / "__init__.py") for folder in FOLDERS
+                for p in (ROOT / folder).rglob("__init__.py")}
+    assert set(tool["packages"]) == packages  # every package folder is installed

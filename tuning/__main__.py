@@ -1,7 +1,7 @@
-"""``python -m tuning CONFIG [--section.field VALUE ...]``: a tuning run without the ``nerve`` CLI.
+"""``python -m nerve.tuning CONFIG [--section.field VALUE ...]``: a tuning run without the ``nerve`` CLI.
 
 This is the entry point for ``accelerate launch -m tuning ...`` and ``torchrun -m tuning ...``.
-``python -m tuning --help-config`` lists every config field.
+``python -m nerve.tuning --help-config`` lists every config field.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ class ModelArgs:
 
 
 DATA_FORMATS = ("auto", "cluener", "conll", "bmes", "jsonl", "prodigy")
-"""Dataset formats a tuning config may name (``auto`` detects; see :func:`ner.readers.read_dataset`)."""
+"""Dataset formats a tuning config may name (``auto`` detects; see :func:`nerve.ner.readers.read_dataset`)."""
 
 
 @dataclass
@@ -147,7 +147,7 @@ class DataArgs:
 class MethodArgs:
     """The tuning method and its knobs (LoRA rank, frozen layers, quantization, token-classification head)."""
 
-    name: str = setting("lora", "Tuning method: full, lora, freeze, qlora or token-cls (`tuning.methods.METHODS`).")
+    name: str = setting("lora", "Tuning method: full, lora, freeze, qlora or token-cls (`nerve.tuning.methods.METHODS`).")
     lora_r: int = setting(8, "LoRA rank.")
     lora_alpha: int = setting(16, "LoRA scaling numerator (the update is scaled by alpha / r).")
     lora_dropout: float = setting(0.05, "Dropout on the LoRA input.")

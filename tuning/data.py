@@ -1,14 +1,14 @@
 """Training data: reading, splitting, the task card, tokenization with prompt masking, and the data report.
 
-The generative format is the serving format: :func:`ner.prompts.render_training_pair` renders the prompt (masked
+The generative format is the serving format: :func:`nerve.ner.prompts.render_training_pair` renders the prompt (masked
 from the loss with -100) and the completion (the compact JSON answer followed by the chat template's end-of-turn
 marker). Prompt and completion are tokenized separately, exactly as the server tokenizes the prompt and the
 model generates the answer, and every encoded example is checked: labels are -100 on the prompt, equal to the
 input ids on the completion, and the completion ends with the end-of-turn token (plus the tokenizer's eos when
 the end-of-turn marker is not one of the model's generation eos ids).
 
-:func:`tuning.report.data_report` gives entity counts per label and token-length percentiles, from which the maximum training
-length is chosen (the 99th percentile rounded up, unless set). Longer examples are counted and dropped or
+:func:`nerve.tuning.report.data_report` gives entity counts per label and token-length percentiles, from which
+the maximum training length is chosen (the 99th percentile rounded up, unless set). Longer examples are counted and dropped or
 truncated, never silently.
 """
 
@@ -23,13 +23,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ner.card import CARD_FILENAME, TaskCard
-from ner.labels import PRESETS, LabelSet
-from ner.prompts import answer_format, render_answer, render_training_pair
-from ner.readers import NoEntitiesError, read_dataset
-from ner.schema import TEXT_PATTERN  # noqa: F401  (documents which texts the schema admits)
-from ner.types import Example
 from nerve import reports
+from nerve.ner.card import CARD_FILENAME, TaskCard
+from nerve.ner.labels import PRESETS, LabelSet
+from nerve.ner.prompts import answer_format, render_answer, render_training_pair
+from nerve.ner.readers import NoEntitiesError, read_dataset
+from nerve.ner.schema import TEXT_PATTERN  # noqa: F401  (documents which texts the schema admits)
+from nerve.ner.types import Example
 
 from .config import ConfigError, DataArgs, DataSource, expand_path
 
@@ -46,9 +46,9 @@ _CHECK_DECODE = 64
 
 def load_examples(path: str | Path, format: str = "auto", conll_scheme: str = "auto", *,
                   allow_empty: bool = False) -> list[Example]:
-    """Examples of a dataset file (any format :func:`ner.readers.read_dataset` reads).
+    """Examples of a dataset file (any format :func:`nerve.ner.readers.read_dataset` reads).
 
-    A file in which no example has an entity raises :class:`ner.readers.NoEntitiesError` unless
+    A file in which no example has an entity raises :class:`nerve.ner.readers.NoEntitiesError` unless
     ``allow_empty`` is set.
     """
     resolved = expand_path(str(path))
@@ -518,7 +518,7 @@ def entity_counts(examples: Sequence[Example], labels: Sequence[str] | None = No
 
 
 def unservable_counts(examples: Sequence[Example], card: TaskCard) -> dict[str, int]:
-    """Gold answers the bounded serving schema (:mod:`ner.schema`) cannot express."""
+    """Gold answers the bounded serving schema (:mod:`nerve.ner.schema`) cannot express."""
     too_many = sum(len(ex.entities) > card.bounds.max_entities for ex in examples)
     too_long = sum(any(len(e.text) > card.bounds.max_entity_chars for e in ex.entities) for ex in examples)
     escaped = sum(any(any(ch == '"' or ch == "\\" or ord(ch) < 0x20 for ch in e.text) for e in ex.entities)

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ner.card import TaskCard
-from ner.types import Entity, Example
 from nerve.engines.crf import CRF
 from nerve.engines.token_tagger import KIND, LABEL_PAD, TokenTagger, Words, bio_tags, extract_with, words_of
+from nerve.ner.card import TaskCard
+from nerve.ner.types import Entity, Example
 
 from .config import DataArgs
 from .data import DataReport, LengthStats, choose_max_length, entity_counts, unservable_counts
@@ -134,7 +134,7 @@ def build_tagger(model_path: str | Path, tags: Sequence[str], *, crf: bool = Fal
 
 
 class TaggerEvaluator:
-    """Scores the model being trained on dev examples in-process (strict span F1, :class:`ner.scoring.Scorer`)."""
+    """Scores the model being trained on dev examples in-process (strict span F1, :class:`nerve.ner.scoring.Scorer`)."""
 
     needs_saved_model = False
 
@@ -148,7 +148,7 @@ class TaggerEvaluator:
         self.description = f"in-process span F1 on {len(self.examples)} dev examples"
 
     def __call__(self, model: nn.Module, step: int) -> dict[str, float]:
-        from ner.scoring import Scorer
+        from nerve.ner.scoring import Scorer
 
         tagger = model
         while not isinstance(tagger, TokenTagger) and hasattr(tagger, "module"):
@@ -162,7 +162,7 @@ class TaggerEvaluator:
 
 
 def summarize(report: dict) -> dict[str, float]:
-    """The headline numbers of a :class:`ner.scoring.ScoreReport` dict."""
+    """The headline numbers of a :class:`nerve.ner.scoring.ScoreReport` dict."""
     return {
         "micro_f1": report["micro"]["f1"],
         "micro_precision": report["micro"]["precision"],

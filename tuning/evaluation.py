@@ -1,7 +1,7 @@
 """Task-level evaluation during training: the dev set scored by the serving engine.
 
 At every evaluation the model being trained is saved (adapter or full weights), exported to a temporary merged
-checkpoint with :func:`tuning.export.export_checkpoint` (the same code as a real export, logits checked) and
+checkpoint with :func:`nerve.tuning.export.export_checkpoint` (the same code as a real export, logits checked) and
 scored by :func:`nerve.extraction.evaluate_checkpoint`: vLLM, constrained greedy decoding, strict span F1. So
 the number that picks the best checkpoint is the number the service will deliver. A few dev prompts are also
 decoded without the schema: ``stop_rate`` is the share whose answer parses and ends with the model's end token,
@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ner.card import TaskCard
-from ner.types import Example
+from nerve.ner.card import TaskCard
+from nerve.ner.types import Example
 
 from .encoder import summarize
 

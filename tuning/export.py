@@ -33,10 +33,10 @@ from typing import Any
 
 import torch
 
-from ner.card import CARD_FILENAME, TaskCard, chat_template_sha256
-from ner.prompts import render_prompt, render_training_pair
-from ner.types import Entity
 from nerve.models import ModelError, readable
+from nerve.ner.card import CARD_FILENAME, TaskCard, chat_template_sha256
+from nerve.ner.prompts import render_prompt, render_training_pair
+from nerve.ner.types import Entity
 
 from .data import end_of_turn, generation_eos_ids
 from .methods import TORCH_DTYPES
@@ -402,8 +402,8 @@ def _base_config(base_dir: Path | None):
 
 
 def _export_tagger(source: Path, staging: Path, card: TaskCard, run: dict, metrics: dict | None) -> None:
-    from ner.card import ENCODER_FILENAME
     from nerve.engines.token_tagger import Tagger
+    from nerve.ner.card import ENCODER_FILENAME
 
     for item in source.iterdir():
         if item.is_file() and item.name != CARD_FILENAME:

@@ -55,7 +55,7 @@ class Method:
     name: ClassVar[str]
     kind: ClassVar[str] = "causal-lm"
     """``causal-lm`` (served by the engine) or ``token-cls`` (encoder tagger): the key of its recipe in
-    ``tuning.recipes.RECIPES`` (card, features, evaluation)."""
+    ``nerve.tuning.recipes.RECIPES`` (card, features, evaluation)."""
     summary: ClassVar[str] = ""
     adapter: ClassVar[bool] = False
     """Whether the run's final model is an adapter to merge at export."""

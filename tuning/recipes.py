@@ -1,9 +1,9 @@
 """What a kind of model needs from a tuning run: its task card, its features, and what scores it during training.
 
-Every method (``tuning.methods``) has a kind, and :data:`RECIPES` the recipe of each kind: the causal-LM
+Every method (``nerve.tuning.methods``) has a kind, and :data:`RECIPES` the recipe of each kind: the causal-LM
 methods (full, freeze, lora, qlora) share :class:`CausalRecipe` (prompt and answer through the card's
 template, packing, dev scores from the serving engine), ``token-cls`` has :class:`TaggerRecipe` (BIO tags per
-token, scored by the tagger itself). ``tuning.run.run_config`` calls the recipe and never asks which kind it has.
+token, scored by the tagger itself). ``nerve.tuning.run.run_config`` calls the recipe and never asks which kind it has.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ner.card import CARD_FILENAME, TaskCard
-from ner.labels import LabelSet
-from ner.types import Example
+from nerve.ner.card import CARD_FILENAME, TaskCard
+from nerve.ner.labels import LabelSet
+from nerve.ner.types import Example
 
 from .config import ConfigError, TuneConfig
 from .data import (
@@ -31,7 +31,7 @@ from .data import (
 logger = logging.getLogger("nerve.tuning")
 
 TUNED_TEMPLATE = "nerve-ner-v2"
-"""The prompt template tuned checkpoints use unless ``data.template`` says otherwise (compact, see ner.prompts)."""
+"""The prompt template tuned checkpoints use unless ``data.template`` says otherwise (compact, see nerve.ner.prompts)."""
 
 
 @dataclass
@@ -161,7 +161,7 @@ RECIPES: dict[str, type[Recipe]] = {"causal-lm": CausalRecipe, "token-cls": Tagg
 
 
 def recipe_for(method) -> Recipe:
-    """The recipe of a method (a ``tuning.methods.Method``)."""
+    """The recipe of a method (a ``nerve.tuning.methods.Method``)."""
     try:
         return RECIPES[method.kind]()
     except KeyError:

@@ -1,7 +1,7 @@
 """``nerve data report``: entity counts and token lengths of a dataset for a model, either kind of model.
 
-It sits above :mod:`tuning.data` (causal-LM encoding) and :mod:`tuning.encoder` (token-classification encoding),
-which both report through :class:`tuning.data.DataReport`.
+It sits above :mod:`nerve.tuning.data` (causal-LM encoding) and :mod:`nerve.tuning.encoder` (token-classification encoding),
+which both report through :class:`nerve.tuning.data.DataReport`.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ner.card import CARD_FILENAME, TaskCard
-from ner.types import Example
+from nerve.ner.card import CARD_FILENAME, TaskCard
+from nerve.ner.types import Example
 
 from .config import DataArgs
 from .data import (
@@ -46,7 +46,7 @@ def data_report(
     ``data`` is a dataset file or examples; ``model`` a nerve model name or checkpoint folder; the labels come
     from ``card``, else ``task`` (preset or card path), else the model's own card, else the data. ``kind`` is
     ``causal-lm`` (prompt + completion tokens through the chat template) or ``token-cls`` (encoder tokens).
-    A dataset file without any entity raises :class:`ner.readers.NoEntitiesError` unless ``allow_empty``.
+    A dataset file without any entity raises :class:`nerve.ner.readers.NoEntitiesError` unless ``allow_empty``.
     """
     from transformers import AutoTokenizer
 

@@ -10,7 +10,7 @@ The run directory holds everything about the run::
     final/               the trained model: the best checkpoint when evaluating every N steps, else the last
     nerve_run.json       the run record: method, base model, best checkpoint and metrics, final dir
 
-``tuning.export.export_checkpoint(run_dir, out_dir)`` turns it into a servable checkpoint.
+``nerve.tuning.export.export_checkpoint(run_dir, out_dir)`` turns it into a servable checkpoint.
 """
 
 from __future__ import annotations

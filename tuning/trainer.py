@@ -1,6 +1,6 @@
 """The Hugging Face ``Trainer`` with nerve's loss, task evaluation and callbacks.
 
-* :class:`NerveTrainer` computes the causal-LM loss with :mod:`tuning.loss` (output layer only where labels
+* :class:`NerveTrainer` computes the causal-LM loss with :mod:`nerve.tuning.loss` (output layer only where labels
   are; token-weighted over gradient accumulation), always with ``use_cache=False`` (which packing needs), and
   adds the task metrics (span F1 from the engine, or in-process for token classification) to every evaluation
   so the best checkpoint is picked by them.

@@ -16,12 +16,12 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ner.card import TaskCard
     from nerve.models import resolve_model
+    from nerve.ner.card import TaskCard
     from nerve.paths import datasets_dir
-    from tuning.collate import PackedCollator, PaddingCollator, pack_features
-    from tuning.data import encode_causal, end_of_turn, load_examples, subset
-    from tuning.loss import SelectiveLogits, causal_lm_loss
+    from nerve.tuning.collate import PackedCollator, PaddingCollator, pack_features
+    from nerve.tuning.data import encode_causal, end_of_turn, load_examples, subset
+    from nerve.tuning.loss import SelectiveLogits, causal_lm_loss
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")

@@ -3,7 +3,7 @@
 >>> examples = read_dataset("../shared/datasets/conll2003/eng.testa")      # doctest: +SKIP
 >>> write_dataset(examples, "out/testa.jsonl", "jsonl")                    # doctest: +SKIP
 
-Every reader returns :class:`~ner.types.Example` objects with validated, code-point offsets and raises
+Every reader returns :class:`~nerve.ner.types.Example` objects with validated, code-point offsets and raises
 :class:`DatasetFormatError` (``<path>:<line>: <reason>``) for malformed input. Examples whose records carry
 no id get ``<file name>:<index>`` (0-based).
 

@@ -1,7 +1,7 @@
 """Prodigy / spaCy JSONL: ``{"text": str, "spans": [{"start", "end", "label"}, ...]}``.
 
 Offsets are character (code-point) offsets, ``end`` exclusive, checked against the text (and against a span's
-``text`` when it has one). This is what Prodigy's ``ner.manual``/``ner.correct`` sessions and ``db-out``
+``text`` when it has one). This is what Prodigy's ``nerve.ner.manual``/``nerve.ner.correct`` sessions and ``db-out``
 exports hold, and the JSONL that spaCy projects convert to ``DocBin``.
 
 Prodigy's own fields are understood: a record whose ``answer`` is ``reject`` or ``ignore`` is skipped, as

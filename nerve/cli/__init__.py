@@ -39,7 +39,7 @@ def fail(message: str, code: int = 2) -> None:
 
 def fail_on_data(exc: Exception) -> None:
     """Fail with a dataset error; a file without entities also names the flag that accepts it."""
-    from ner.readers import NoEntitiesError
+    from nerve.ner.readers import NoEntitiesError
 
     fail(f"{exc} (--allow-no-entities)" if isinstance(exc, NoEntitiesError) else str(exc))
 
@@ -79,10 +79,10 @@ def _merge(adapter_dir: Path, out_dir: Path, card) -> None:
     from nerve.models import ModelError
 
     try:
-        from tuning.export import merge_adapter
+        from nerve.tuning.export import merge_adapter
 
         merge_adapter(adapter_dir, out_dir, card)
-    except ImportError as exc:  # torch (tuning.export) or peft (the merge itself) missing
+    except ImportError as exc:  # torch (nerve.tuning.export) or peft (the merge itself) missing
         raise ModelError(f"merging an adapter needs torch and peft: pip install 'nerve[tune]' ({exc})") from None
 
 
@@ -163,7 +163,7 @@ def _renamed_gold(examples, spec: str):
     """Gold examples with labels renamed by ``OLD=new,...`` (a CLI option)."""
     from dataclasses import replace
 
-    from ner.types import Example
+    from nerve.ner.types import Example
 
     pairs = [p.split("=", 1) for p in spec.split(",") if p.strip()]
     if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
@@ -195,9 +195,9 @@ def evaluate_cmd(
         "a model that names them in words."))] = None,
 ) -> None:
     """Score a model on gold data: strict entity P/R/F1 per type, micro/macro, exact match, parse rate."""
-    from ner.readers import DatasetFormatError, read_dataset
-    from ner.types import Example
     from nerve.extraction import InputError, Limits, evaluate_with_progress, run_with_extractor
+    from nerve.ner.readers import DatasetFormatError, read_dataset
+    from nerve.ner.types import Example
     from nerve.reports import write_report
 
     try:
@@ -259,9 +259,9 @@ def serve(
     import asyncio
     import logging
 
+    from nerve.service.config import load_config
+    from nerve.service.server import serve as run_server
     from nerve.settings import merge, parse_flags
-    from service.config import load_config
-    from service.server import serve as run_server
 
     overrides = {"model": model, "task": task, "host": host, "port": port, "metrics_port": metrics_port}
     engine = {k: v for k, v in {"structured_backend": backend, "max_model_len": max_model_len}.items() if v is not None}
@@ -282,9 +282,9 @@ def demo(
     backend: BackendOpt = "xgrammar",
 ) -> None:
     """Extract entities from a few sample sentences (Chinese with CLUENER labels, English with CoNLL labels)."""
-    from ner.card import TaskCard
-    from ner.labels import CONLL2003_WORDS
     from nerve.extraction import Extractor, run_sync
+    from nerve.ner.card import TaskCard
+    from nerve.ner.labels import CONLL2003_WORDS
 
     samples = {
         "cluener": ["浙商银行企业信贷部叶老桂博士则从另一个角度对五道门槛进行了解读。",
@@ -329,16 +329,16 @@ def tune(
     servable checkpoint with `nerve export`.
     """
     if help_config:
-        from tuning.config import config_help_markdown
+        from nerve.tuning.config import config_help_markdown
 
         Console().print(config_help_markdown(), markup=False, highlight=False)
         return
     if config is None and not ctx.args:
         fail("give a config file (examples/tune/*.yaml) or --section.field overrides")
-    from ner.readers import DatasetFormatError
-    from tuning.config import ConfigError
-    from tuning.methods import MethodUnavailableError
-    from tuning.run import tune as run_tune
+    from nerve.ner.readers import DatasetFormatError
+    from nerve.tuning.config import ConfigError
+    from nerve.tuning.methods import MethodUnavailableError
+    from nerve.tuning.run import tune as run_tune
 
     if config is not None and not config.is_file():
         fail(f"{config}: no such config file")
@@ -360,7 +360,7 @@ def export_cmd(
                           "(bfloat16 unless --dtype says otherwise).")] = False,
 ) -> None:
     """Merge LoRA into the base, verify merged logits equal the adapter's, and save safetensors + tokenizer + card."""
-    from tuning.export import ExportError, export_adapter, export_checkpoint
+    from nerve.tuning.export import ExportError, export_adapter, export_checkpoint
 
     if not source.exists():
         fail(f"{source}: no such run, checkpoint or adapter folder")
@@ -388,10 +388,10 @@ def data_report_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Entity counts per type and token-length percentiles with the model's tokenizer (how max_length is chosen)."""
-    from ner.readers import DatasetFormatError
     from nerve.models import ModelError
-    from tuning.config import ConfigError
-    from tuning.report import data_report
+    from nerve.ner.readers import DatasetFormatError
+    from nerve.tuning.config import ConfigError
+    from nerve.tuning.report import data_report
 
     if kind not in ("causal-lm", "token-cls"):
         fail(f"--kind must be causal-lm or token-cls, not {kind!r}")

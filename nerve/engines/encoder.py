@@ -27,9 +27,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ner.card import ENCODER_FILENAME
-from ner.types import Entity
 from nerve.hardware import DtypeChoice
+from nerve.ner.card import ENCODER_FILENAME
+from nerve.ner.types import Entity
 
 from .base import EngineDead, EngineError
 

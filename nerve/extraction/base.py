@@ -13,11 +13,11 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ner.card import TaskCard
-from ner.labels import Label, LabelSet
-from ner.parsing import Mention
-from ner.types import Entity
 from nerve.engines.base import Engine
+from nerve.ner.card import TaskCard
+from nerve.ner.labels import Label, LabelSet
+from nerve.ner.parsing import Mention
+from nerve.ner.types import Entity
 
 MAX_REQUEST_LABELS = 32
 """Most labels one request may name when the card has open labels."""

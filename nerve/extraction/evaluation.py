@@ -1,4 +1,4 @@
-"""Scoring an extractor on gold examples: strict span P/R/F1 with the shared scorer (:mod:`ner.scoring`).
+"""Scoring an extractor on gold examples: strict span P/R/F1 with the shared scorer (:mod:`nerve.ner.scoring`).
 
 :class:`RunningScore` scores results as they arrive, in any order, keeping only counts and a bounded list of
 mistakes; :func:`evaluate` runs an extractor over examples and scores them with it. The CLI (``nerve eval``),
@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ner.card import TaskCard
-from ner.labels import LabelSet
-from ner.scoring import Scorer, ScoreReport
-from ner.types import Entity, Example
 from nerve.engines.vllm import EngineConfig, VllmEngine
+from nerve.ner.card import TaskCard
+from nerve.ner.labels import LabelSet
+from nerve.ner.scoring import Scorer, ScoreReport
+from nerve.ner.types import Entity, Example
 
 from .base import ExtractionResult, ExtractorBase, Limits, Prepared
 from .generative import Extractor
@@ -55,7 +55,7 @@ class Mistakes:
 class RunningScore:
     """The score of a run whose results arrive one at a time, in any order.
 
-    It keeps the :class:`~ner.scoring.Scorer` counts, the latencies and token counts, and, with
+    It keeps the :class:`~nerve.ner.scoring.Scorer` counts, the latencies and token counts, and, with
     ``keep_mistakes``, the :class:`Mistakes` of the first examples (in run order) that have some: at most
     ``max_mistakes`` of them and at most ``max_mistake_bytes`` by :meth:`Mistakes.size`; the others are only
     counted (:attr:`mistakes_left_out`). Nothing else of an example is kept once it is added, so memory grows

@@ -1,7 +1,7 @@
 """Extraction with a causal LM: prompt, bounded schema, constrained decoding, parsing, grounding.
 
 :class:`Extractor` validates the input, renders the prompt with the checkpoint's own chat template
-(:func:`ner.prompts.render_prompt`, the function tuning uses), builds the bounded output schema, runs the
+(:func:`nerve.ner.prompts.render_prompt`, the function tuning uses), builds the bounded output schema, runs the
 engine, parses the answer and grounds each mention in the text.
 """
 
@@ -13,13 +13,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ner.card import TaskCard
-from ner.grounded import grounded_grammar
-from ner.labels import LabelSet
-from ner.parsing import AnswerParseError, ground, parse_answer
-from ner.prompts import answer_format, check_chat_template, render_prompt
-from ner.schema import OutputSpec, output_spec
 from nerve.engines.vllm import GenerationOutput, GenerationRequest, VllmEngine
+from nerve.ner.card import TaskCard
+from nerve.ner.grounded import grounded_grammar
+from nerve.ner.labels import LabelSet
+from nerve.ner.parsing import AnswerParseError, ground, parse_answer
+from nerve.ner.prompts import answer_format, check_chat_template, render_prompt
+from nerve.ner.schema import OutputSpec, output_spec
 
 from .base import ExtractionResult, ExtractorBase, InputError, Limits, Prepared, Usage
 

@@ -15,9 +15,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ner.card import CARD_FILENAME, TaskCard
 from nerve.engines.encoder import EncoderConfig, EncoderEngine, is_encoder_checkpoint
 from nerve.engines.vllm import EngineConfig, VllmEngine
+from nerve.ner.card import CARD_FILENAME, TaskCard
 
 from .base import ExtractorBase, Limits
 from .generative import Extractor

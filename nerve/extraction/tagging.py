@@ -10,9 +10,9 @@ import json
 import time
 from collections.abc import Sequence
 
-from ner.card import TaskCard
-from ner.labels import LabelSet
 from nerve.engines.encoder import EncoderEngine
+from nerve.ner.card import TaskCard
+from nerve.ner.labels import LabelSet
 
 from .base import ExtractionResult, ExtractorBase, Limits, Prepared, Usage
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.analysis import keeps_up, parse_lenient, speedup, strip_fences, sustainable_rate
-from ner.parsing import Mention
+from nerve.ner.parsing import Mention
 
 LABELS = ("name", "company")
 

@@ -61,14 +61,14 @@ def test_inline_examples_stream_up_and_report_comes_back(fake_server):
 
 def test_examples_may_be_a_lazy_generator_of_mappings_or_duck_typed_objects(fake_server):
     @dataclass
-    class NerEntity:  # shaped like ner.types.Entity
+    class NerEntity:  # shaped like nerve.ner.types.Entity
         start: int
         end: int
         label: str
         text: str
 
     @dataclass
-    class NerExample:  # shaped like ner.types.Example
+    class NerExample:  # shaped like nerve.ner.types.Example
         text: str
         entities: list
         id: str | None = None

@@ -74,7 +74,7 @@ def test_objects_pass_schemas_and_policy(rendered, validate, overlay: str) -> No
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_config_is_a_valid_server_config(rendered, overlay: str, tmp_path: Path) -> None:
-    from service.config import load_config
+    from nerve.service.config import load_config
 
     text = one(rendered[overlay], "ConfigMap")["data"]["config.yaml"]
     path = tmp_path / "config.yaml"

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ner.card import SchemaBounds, TaskCard
-from ner.grounded import _suffix_automaton, grounded_grammar
-from ner.labels import CONLL2003
+from nerve.ner.card import SchemaBounds, TaskCard
+from nerve.ner.grounded import _suffix_automaton, grounded_grammar
+from nerve.ner.labels import CONLL2003
 
 xgr = pytest.importorskip("xgrammar")
 

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ner.parsing import AnswerParseError, Mention, ground, parse_answer
-from ner.prompts import render_answer
-from ner.types import Entity
+from nerve.ner.parsing import AnswerParseError, Mention, ground, parse_answer
+from nerve.ner.prompts import render_answer
+from nerve.ner.types import Entity
 
 
 def test_parse_valid_and_invalid() -> None:
@@ -81,7 +81,7 @@ def test_answer_round_trip() -> None:
 
 
 def test_pairs_answers_parse_and_ground() -> None:
-    from ner.card import ANSWER_PAIRS
+    from nerve.ner.card import ANSWER_PAIRS
 
     text = "Alice met Bob in Rome"
     gold = [Entity.at(text, 17, 21, "LOC"), Entity.at(text, 0, 5, "PER"), Entity.at(text, 10, 13, "PER")]

@@ -7,10 +7,10 @@ from dataclasses import replace
 
 import pytest
 
-from ner.card import SchemaBounds, TaskCard
-from ner.labels import CLUENER
-from ner.prompts import check_chat_template, render_messages, render_prompt, render_training_pair
-from ner.types import Entity
+from nerve.ner.card import SchemaBounds, TaskCard
+from nerve.ner.labels import CLUENER
+from nerve.ner.prompts import check_chat_template, render_messages, render_prompt, render_training_pair
+from nerve.ner.types import Entity
 
 
 def test_messages_list_labels_and_descriptions() -> None:
@@ -67,7 +67,7 @@ def test_card_round_trip(tmp_path) -> None:
 
 
 def test_v2_prompt_names_labels_and_describes_only_where_given(qwen_tokenizer) -> None:
-    from ner.labels import LabelSet
+    from nerve.ner.labels import LabelSet
 
     labels = LabelSet.from_names(["person", "location", "drug"], {"drug": "medicines and active substances"})
     card = TaskCard(labels=labels, template="nerve-ner-v2")
@@ -81,7 +81,7 @@ def test_v2_prompt_names_labels_and_describes_only_where_given(qwen_tokenizer) -
 
 
 def test_v2_training_pair_answers_in_pairs_for_the_listed_labels(qwen_tokenizer) -> None:
-    from ner.labels import LabelSet
+    from nerve.ner.labels import LabelSet
 
     card = TaskCard(labels=LabelSet.from_names(CLUENER.names), template="nerve-ner-v2")
     text = "彭小军认为，国内银行现在走的是台湾的发卡模式"

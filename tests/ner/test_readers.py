@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ner.readers import (
+from nerve.ner.readers import (
     FORMATS,
     DatasetFormatError,
     NoEntitiesError,
@@ -22,8 +22,8 @@ from ner.readers import (
     token_offsets,
     write_dataset,
 )
-from ner.readers.conll import detect_scheme, entities_to_spans, parse_tag, read_conll_scheme, spans_to_tags
-from ner.types import Entity, Example
+from nerve.ner.readers.conll import detect_scheme, entities_to_spans, parse_tag, read_conll_scheme, spans_to_tags
+from nerve.ner.types import Entity, Example
 
 # --- helpers ---------------------------------------------------------------------------------------------
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from ner.card import SchemaBounds
-from ner.labels import CLUENER, CONLL2003, LabelSet
-from ner.schema import output_spec, worst_case_tokens
+from nerve.ner.card import SchemaBounds
+from nerve.ner.labels import CLUENER, CONLL2003, LabelSet
+from nerve.ner.schema import output_spec, worst_case_tokens
 
 
 def longest_answer(labels: LabelSet, items: int, chars: int, char: str) -> str:
@@ -102,7 +102,7 @@ def test_xgrammar_accepts_exactly_the_bounded_language() -> None:
 
 def test_bounds_follow_the_input() -> None:
     """A short text cannot hold the card's worst case: its answer bound shrinks with it."""
-    from ner.schema import items_for_text
+    from nerve.ner.schema import items_for_text
 
     assert [items_for_text(n) for n in (0, 1, 2, 3, 4, 5, 8, 9, 17, 33)] == [1, 1, 1, 2, 2, 4, 4, 8, 16, 32]
     bounds = SchemaBounds(max_entities=24, max_entity_chars=64)
@@ -116,7 +116,7 @@ def test_pairs_schema_admits_exactly_the_v2_answers() -> None:
     """The v2 schema: a list of [label, text] pairs, labels from the enum, bounded like v1, fewer bytes."""
     import re
 
-    from ner.card import ANSWER_PAIRS
+    from nerve.ner.card import ANSWER_PAIRS
 
     bounds = SchemaBounds(max_entities=8, max_entity_chars=64)
     text = "EU rejects German call to boycott British lamb ."
@@ -137,7 +137,7 @@ def test_pairs_schema_admits_exactly_the_v2_answers() -> None:
 def test_pairs_budget_covers_longest_member_in_real_tokens(qwen_tokenizer) -> None:
     import json
 
-    from ner.card import ANSWER_PAIRS
+    from nerve.ner.card import ANSWER_PAIRS
 
     spec = output_spec(CLUENER, SchemaBounds(max_entities=3, max_entity_chars=16), answer_format=ANSWER_PAIRS)
     longest = max(CLUENER.names, key=lambda n: len(n.encode()))

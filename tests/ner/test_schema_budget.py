@@ -6,8 +6,8 @@ import grpc
 import pytest
 from nerve_client.pb import service_pb2 as spb
 
-from ner.card import TaskCard
 from nerve.extraction import Extractor, Limits, SchemaBudget
+from nerve.ner.card import TaskCard
 
 
 def test_budget_refills_at_its_rate() -> None:

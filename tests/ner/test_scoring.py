@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ner.readers import entities_to_tags, read_dataset, token_offsets
-from ner.readers.conll import entities_to_spans
-from ner.scoring import LabelScore, Scorer, score
-from ner.types import Entity, Example
+from nerve.ner.readers import entities_to_tags, read_dataset, token_offsets
+from nerve.ner.readers.conll import entities_to_spans
+from nerve.ner.scoring import LabelScore, Scorer, score
+from nerve.ner.types import Entity, Example
 
 TEXT = "John Smith visited Paris and Berlin with Acme Corp staff"
 

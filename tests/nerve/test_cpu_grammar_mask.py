@@ -95,9 +95,9 @@ def test_same_logits_on_real_masks_from_the_default_tokenizer(qwen_dir) -> None:
     """Bitmasks xgrammar produces while an answer to nerve's schema is decoded, over Qwen's 151,936 tokens."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from ner.card import SchemaBounds
-    from ner.labels import CLUENER
-    from ner.schema import output_spec
+    from nerve.ner.card import SchemaBounds
+    from nerve.ner.labels import CLUENER
+    from nerve.ner.schema import output_spec
 
     tok = AutoTokenizer.from_pretrained(qwen_dir)
     vocab = AutoConfig.from_pretrained(qwen_dir).vocab_size

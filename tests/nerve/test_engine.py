@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from ner.card import SchemaBounds, TaskCard
 from nerve.extraction import Extractor, InputError, Limits, evaluate
+from nerve.ner.card import SchemaBounds, TaskCard
 
 pytestmark = pytest.mark.engine
 
@@ -163,7 +163,7 @@ def test_other_structured_backends_parse(loop_thread, tiny_qwen_dir, backend: st
     try:
         ex = Extractor(engine, TaskCard.load(tiny_qwen_dir))
         results = loop_thread.run(ex.extract_many(CLUENER_LIKE[:4]))
-        if backend == "outlines":  # the list bound is not in outlines' schema (see ner.schema.output_spec)
+        if backend == "outlines":  # the list bound is not in outlines' schema (see nerve.ner.schema.output_spec)
             assert all(r.parsed or r.finish_reason == "length" for r in results)
         else:
             assert all(r.parsed for r in results), [r.raw for r in results if not r.parsed]
@@ -183,7 +183,7 @@ def test_engine_reports_missing_checkpoint(loop_thread, tmp_path) -> None:
 @pytest.mark.real_model
 def test_real_model_on_both_datasets(loop_thread, qwen_dir, datasets_dir) -> None:
     """Qwen2.5-Coder-0.5B zero-shot through vLLM on a few real sentences of each dataset."""
-    from ner.readers import read_dataset
+    from nerve.ner.readers import read_dataset
     from tests.conftest import start_engine
 
     engine = start_engine(loop_thread, qwen_dir)
@@ -250,8 +250,8 @@ def test_engine_explicit_dtype_wins(loop_thread, tiny_qwen_dir) -> None:
 @pytest.mark.engine
 def test_ngram_speculation_reaches_vllm_and_keeps_greedy_answers(loop_thread, tiny_qwen_dir) -> None:
     """Prompt-lookup drafts are verified by the model: under the schema the answers equal plain greedy decoding."""
-    from ner.card import TaskCard
     from nerve.extraction import Extractor
+    from nerve.ner.card import TaskCard
     from tests.conftest import start_engine
 
     texts = ["Peter Blackburn met Peter Blackburn in Brussels .", "温格的球队终于又踢了一场经典的比赛，2比1战胜曼联之后",

@@ -197,7 +197,7 @@ def test_a_failed_engine_makes_every_call_unavailable(start_server) -> None:
 def test_the_deploy_guide_lists_every_metric() -> None:
     import re
 
-    from service.metrics import Metrics
+    from nerve.service.metrics import Metrics
 
     docs = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text(encoding="utf-8")
     table = {name for row in re.findall(r"^\| `(nerve_[^|]*)\|", docs, re.M) for name in re.findall(r"nerve_\w+", row)}

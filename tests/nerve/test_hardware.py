@@ -87,8 +87,8 @@ def test_tuning_dtype_follows_the_cpu(monkeypatch: pytest.MonkeyPatch, cpu: CpuI
                                       mixed: bool) -> None:
     import torch
 
-    from tuning.config import TuneConfig
-    from tuning.methods import get_method, mixed_precision_bf16
+    from nerve.tuning.config import TuneConfig
+    from nerve.tuning.methods import get_method, mixed_precision_bf16
 
     monkeypatch.setattr(hardware, "cpu_info", lambda: cpu)
     monkeypatch.setattr(hardware, "accelerator", lambda: NO_GPU)

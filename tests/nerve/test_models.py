@@ -51,7 +51,7 @@ def test_resolve_rejects_non_checkpoint_folders(tmp_path: Path) -> None:
 
 
 def test_pulled_default_model_is_complete(qwen_dir: Path) -> None:
-    from ner.card import TaskCard
+    from nerve.ner.card import TaskCard
 
     for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "nerve_task.json"):
         assert (qwen_dir / name).is_file(), name
@@ -168,8 +168,8 @@ def test_pulled_tuned_default_reproduces_its_committed_adapter() -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ner.card import TaskCard
-    from ner.prompts import render_prompt
+    from nerve.ner.card import TaskCard
+    from nerve.ner.prompts import render_prompt
     from tests.conftest import pulled_model
 
     spec = get_spec("default")

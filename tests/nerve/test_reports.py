@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nerve.reports import percentile, percentiles
-from tuning.data import percentile as length_percentile
+from nerve.tuning.data import percentile as length_percentile
 
 values = st.lists(st.integers(0, 10_000), min_size=1, max_size=60)
 qs = st.sampled_from([0, 1, 33.3, 50, 90, 95, 99, 100])

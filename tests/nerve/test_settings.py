@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from nerve.service.config import load_config as load_serve
 from nerve.settings import ConfigError, Text, coerce, merge, parse_flags
-from service.config import load_config as load_serve
-from tuning.config import load_config as load_tune
+from nerve.tuning.config import load_config as load_tune
 
 
 def test_each_layer_overrides_the_one_before_for_the_server(tmp_path: Path) -> None:
@@ -86,7 +86,7 @@ def test_flags_and_merge() -> None:
 
 
 def test_nerve_serve_takes_every_setting_as_a_flag(monkeypatch) -> None:
-    import service.server
+    import nerve.service.server
     from nerve.cli import app
 
     seen = []
@@ -95,7 +95,7 @@ def test_nerve_serve_takes_every_setting_as_a_flag(monkeypatch) -> None:
         seen.append(cfg)
         return 0
 
-    monkeypatch.setattr(service.server, "serve", fake_serve)
+    monkeypatch.setattr(nerve.service.server, "serve", fake_serve)
     runner = CliRunner()
     ok = runner.invoke(app, ["serve", "--port", "6001", "--max_queue", "32", "--engine.dtype", "float32",
                              "--max_batch_texts", "16"])

@@ -25,12 +25,12 @@ from grpc_health.v1 import health_pb2
 from nerve_client.pb import service_pb2 as spb
 from nerve_client.pb import types_pb2 as tpb
 
-from ner.card import TaskCard
-from ner.readers import iter_dataset
-from ner.types import Entity, Example
 from nerve.extraction import ExtractionResult, ExtractorBase, InputError, RunningScore, Usage
-from service.config import ServeConfig
-from service.server import NerveServer
+from nerve.ner.card import TaskCard
+from nerve.ner.readers import iter_dataset
+from nerve.ner.types import Entity, Example
+from nerve.service.config import ServeConfig
+from nerve.service.server import NerveServer
 from tests.conftest import Running
 from tests.helpers import StubEngine
 

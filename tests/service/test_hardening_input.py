@@ -24,12 +24,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nerve_client.pb import service_pb2 as spb
 from nerve_client.pb import types_pb2 as tpb
 
-from ner.card import TaskCard
 from nerve.extraction import ExtractionResult, ExtractorBase, InputError, Usage
-from service.config import ServeConfig, load_config
-from service.errors import MAX_REQUEST_ID, clean_request_id
-from service.server import NerveServer, server_options
-from service.servicer import _read_server_dataset
+from nerve.ner.card import TaskCard
+from nerve.service.config import ServeConfig, load_config
+from nerve.service.errors import MAX_REQUEST_ID, clean_request_id
+from nerve.service.server import NerveServer, server_options
+from nerve.service.servicer import _read_server_dataset
 from tests.conftest import Running
 from tests.helpers import StubEngine
 
@@ -187,7 +187,7 @@ def test_dataset_errors_name_the_file_and_line_but_never_its_content(server, tmp
 
 
 def test_an_unreadable_dataset_is_failed_precondition_without_the_path(tmp_path) -> None:
-    from service.errors import FailedPrecondition
+    from nerve.service.errors import FailedPrecondition
 
     folder = tmp_path / "root" / "a-folder.jsonl"
     folder.mkdir(parents=True)

@@ -16,10 +16,10 @@ from nerve_client.pb import service_pb2 as spb
 from nerve_client.pb import types_pb2 as tpb
 from prometheus_client import generate_latest
 
-from ner.card import TaskCard
 from nerve.engines.vllm import EngineConfig
 from nerve.extraction import Extractor
-from service.server import SERVICE_NAME
+from nerve.ner.card import TaskCard
+from nerve.service.server import SERVICE_NAME
 
 pytestmark = pytest.mark.engine
 
@@ -492,7 +492,7 @@ def test_fuzzed_requests_always_get_a_status(start_server, text, labels, max_ent
 
 
 def test_engine_config_overrides_reach_the_engine() -> None:
-    from service.config import load_config
+    from nerve.service.config import load_config
 
     cfg = load_config(None, {"engine": {"max_model_len": "4096"}}, environ={"NERVE_PORT": "6000"})
     assert cfg.engine.max_model_len == 4096 and cfg.port == 6000
@@ -502,7 +502,7 @@ def test_engine_config_overrides_reach_the_engine() -> None:
 def _open_v2_server(start_server, tiny_engine, open_labels: bool = True):
     from dataclasses import replace
 
-    from ner.labels import LabelSet
+    from nerve.ner.labels import LabelSet
 
     r = start_server(ready=False)
     base = TaskCard.load(tiny_engine.config.model)
@@ -592,8 +592,8 @@ OFFSETS_TEXT = "🙂🙂 Angela Merkel visited Paris with Ame\u0301lie ."
 
 def _spans_extractor(r) -> None:
     """Make the server's extractor return fixed, grounded spans of OFFSETS_TEXT (the model is random)."""
-    from ner.types import Entity
     from nerve.extraction import ExtractionResult
+    from nerve.ner.types import Entity
 
     async def extract(text, **kwargs):
         spans = [("PER", "Angela Merkel"), ("LOC", "Paris"), ("PER", "Ame\u0301lie")]

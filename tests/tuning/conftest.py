@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ner.types import Entity, Example
+from nerve.ner.types import Entity, Example
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO_ROOT / "examples" / "tune"
@@ -45,7 +45,7 @@ def build_tiny_qwen(out: Path, tokenizer_dir: Path, *, tie: bool = True, seed: i
     import torch
     from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-    from ner.card import TaskCard
+    from nerve.ner.card import TaskCard
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(seed)
@@ -136,7 +136,7 @@ def tiny_overrides(model_dir: Path, files: dict[str, Path], out: Path, *extra: s
 
 def overfit_tagger(model_dir: Path, examples: list[Example], tmp: Path, steps: int = 30) -> Path:
     """Train a tiny CRF tagger on ``examples`` (also its dev set) until it reproduces them; returns the run dir."""
-    from tuning.run import tune
+    from nerve.tuning.run import tune
 
     files = {"train": write_jsonl(tmp / "t.jsonl", examples), "dev": write_jsonl(tmp / "d.jsonl", examples)}
     return tune(EXAMPLES / "tiny_test.yaml", tiny_overrides(

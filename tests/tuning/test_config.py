@@ -8,8 +8,8 @@ from dataclasses import fields
 import pytest
 import yaml
 
+from nerve.tuning.config import SECTIONS, ConfigError, TuneConfig, config_help, expand_path, load_config
 from tests.tuning.conftest import EXAMPLES
-from tuning.config import SECTIONS, ConfigError, TuneConfig, config_help, expand_path, load_config
 
 
 def test_yaml_and_overrides_round_trip(tmp_path) -> None:
@@ -96,7 +96,7 @@ def test_expand_path(monkeypatch) -> None:
 
 
 def test_module_entry_point_lists_the_config_fields(capsys) -> None:
-    from tuning.__main__ import main
+    from nerve.tuning.__main__ import main
 
     assert main(["--help-config"]) == 0
     out = capsys.readouterr().out
@@ -106,8 +106,8 @@ def test_module_entry_point_lists_the_config_fields(capsys) -> None:
 def test_report_to_names_are_checked(tmp_path) -> None:
     import importlib.util
 
-    from tuning.config import ConfigError, load_config
-    from tuning.run import trainer_reporters
+    from nerve.tuning.config import ConfigError, load_config
+    from nerve.tuning.run import trainer_reporters
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  report_to: [wandbb]\n")

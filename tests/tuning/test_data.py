@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from ner.card import TaskCard
-from ner.readers import NoEntitiesError
-from ner.types import Entity, Example
-from tests.tuning.conftest import synth_examples, write_jsonl
-from tuning.config import ConfigError, DataArgs, load_config
-from tuning.data import (
+from nerve.ner.card import TaskCard
+from nerve.ner.readers import NoEntitiesError
+from nerve.ner.types import Entity, Example
+from nerve.tuning.config import ConfigError, DataArgs, load_config
+from nerve.tuning.data import (
     IGNORE_INDEX,
     Encoded,
     apply_max_length,
@@ -23,7 +22,8 @@ from tuning.data import (
     restrict_labels,
     split_train_dev,
 )
-from tuning.report import data_report
+from nerve.tuning.report import data_report
+from tests.tuning.conftest import synth_examples, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def test_overlength_is_dropped_or_truncated_and_counted(tokenizer) -> None:
 
 
 def test_unservable_answers_are_reported() -> None:
-    from tuning.data import unservable_counts
+    from nerve.tuning.data import unservable_counts
 
     text = 'He said "hi" to Bob'
     ex = Example(text, [Entity.at(text, 8, 12, "MISC"), Entity.at(text, 16, 19, "PER")])
@@ -150,7 +150,7 @@ def test_dev_split_is_seeded_and_disjoint() -> None:
 
 
 def test_real_datasets_read_and_report(datasets_dir, tokenizer) -> None:
-    from tuning.data import load_examples, subset
+    from nerve.tuning.data import load_examples, subset
 
     conll = subset(load_examples(datasets_dir / "conll2003" / "eng.testa"), 50, seed=0)
     cluener = subset(load_examples(datasets_dir / "cluener" / "dev.jsonl"), 50, seed=0)
@@ -191,7 +191,7 @@ def _sampling(**kw) -> DataArgs:
 def test_sampled_lists_drop_gold_with_their_label_and_list_absent_labels() -> None:
     import random
 
-    from tuning.data import sample_label_list
+    from nerve.tuning.data import sample_label_list
 
     text = "Alice met Bob in Rome"
     ex = Example(text, [Entity.at(text, 0, 5, "PER"), Entity.at(text, 10, 13, "PER"), Entity.at(text, 17, 21, "LOC")])
@@ -210,7 +210,7 @@ def test_sampled_lists_drop_gold_with_their_label_and_list_absent_labels() -> No
 
 
 def test_sampled_lists_are_reproducible_and_follow_the_settings() -> None:
-    from tuning.data import sampled_label_lists
+    from nerve.tuning.data import sampled_label_lists
 
     examples = synth_examples(40, seed=3)
     vocabs = [("PER", "LOC", "ORG")] * len(examples)
@@ -225,7 +225,7 @@ def test_sampled_lists_are_reproducible_and_follow_the_settings() -> None:
 
 
 def test_mixture_renames_labels_and_keeps_each_source_vocabulary(tmp_path) -> None:
-    from tuning.data import load_mixture
+    from nerve.tuning.data import load_mixture
 
     text_en, text_zh = "Alice met Bob in Rome", "叶老桂在浙商银行"
     en = write_jsonl(tmp_path / "en.jsonl", [Example(text_en, [Entity.at(text_en, 0, 5, "PER"),

@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
-from ner.types import Entity, Example
 from nerve.engines.crf import CRF
 from nerve.engines.token_tagger import Tagger, bio_tags, decode_word_tags, words_of
+from nerve.ner.types import Entity, Example
+from nerve.tuning.encoder import TagStats, encode_token_cls, word_tags
+from nerve.tuning.run import tune
 from tests.tuning.conftest import EXAMPLES, synth_examples, tiny_overrides
-from tuning.encoder import TagStats, encode_token_cls, word_tags
-from tuning.run import tune
 
 TINY = EXAMPLES / "tiny_test.yaml"
 
@@ -140,8 +140,8 @@ def test_token_cls_variants_train_and_extract(tiny_bert_dir, synth_files, tmp_pa
 
 def test_token_cls_learns_entities_with_exact_offsets(tiny_bert_dir, tmp_path) -> None:
     """Overfit a tiny tagger on a few sentences: it must give back their entities at the exact offsets."""
+    from nerve.tuning.export import export_checkpoint
     from tests.tuning.conftest import overfit_tagger
-    from tuning.export import export_checkpoint
 
     examples = synth_examples(5, seed=4)
     run = overfit_tagger(tiny_bert_dir, examples, tmp_path)
@@ -150,7 +150,7 @@ def test_token_cls_learns_entities_with_exact_offsets(tiny_bert_dir, tmp_path) -
     assert preds == [ex.entities for ex in examples]
     assert json.loads((run / "nerve_run.json").read_text())["metrics"]["dev"]["micro_f1"] == 1.0
     out = export_checkpoint(run, tmp_path / "export", progress=False)
-    from ner.card import TaskCard
+    from nerve.ner.card import TaskCard
 
     card = TaskCard.load(out)
     assert card.metrics["kind"] == "token-cls" and card.metrics["crf"] is True

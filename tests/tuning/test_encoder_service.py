@@ -14,7 +14,7 @@ from tests.tuning.conftest import overfit_tagger, synth_examples, write_jsonl
 @pytest.fixture(scope="module")
 def exported_tagger(tiny_bert_dir, tmp_path_factory):
     """A tiny CRF tagger overfit on five sentences, exported like a user would."""
-    from tuning.export import export_checkpoint
+    from nerve.tuning.export import export_checkpoint
 
     tmp = tmp_path_factory.mktemp("tagger")
     examples = synth_examples(5, seed=4)
@@ -24,8 +24,8 @@ def exported_tagger(tiny_bert_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tagger_server(loop_thread, exported_tagger):
-    from service.config import ServeConfig
-    from service.server import NerveServer
+    from nerve.service.config import ServeConfig
+    from nerve.service.server import NerveServer
     from tests.conftest import Running
 
     path, examples = exported_tagger
@@ -224,8 +224,8 @@ def test_a_dead_worker_fails_calls_at_once(loop_thread, exported_tagger) -> None
 
 
 def test_the_server_stops_when_the_encoder_worker_dies(loop_thread, exported_tagger) -> None:
-    from service.config import ServeConfig
-    from service.server import NerveServer
+    from nerve.service.config import ServeConfig
+    from nerve.service.server import NerveServer
     from tests.conftest import Running
 
     path, _ = exported_tagger

@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from ner.card import TaskCard, chat_template_sha256
-from ner.prompts import check_chat_template
-from tuning import export as export_mod
-from tuning.export import ExportError, export_checkpoint, sample_batch
+from nerve.ner.card import TaskCard, chat_template_sha256
+from nerve.ner.prompts import check_chat_template
+from nerve.tuning import export as export_mod
+from nerve.tuning.export import ExportError, export_checkpoint, sample_batch
 
 TAIL = 64  # logits of the last positions (the answers): the 151,936-way head over every position is slow
 

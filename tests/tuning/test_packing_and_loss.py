@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ner.card import TaskCard
+from nerve.ner.card import TaskCard
+from nerve.tuning.collate import PackedCollator, PaddingCollator, check_packing, final_hidden, pack_features, unpack_logits
+from nerve.tuning.data import encode_causal, end_of_turn
+from nerve.tuning.loss import SelectiveLogits, causal_lm_loss
 from tests.tuning.conftest import synth_examples
-from tuning.collate import PackedCollator, PaddingCollator, check_packing, final_hidden, pack_features, unpack_logits
-from tuning.data import encode_causal, end_of_turn
-from tuning.loss import SelectiveLogits, causal_lm_loss
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_packing_guard_passes_isolated_rows_and_catches_leaks(model_and_features
     """The run-time guard accepts real packing in 16-bit too, and fails when examples see each other."""
     import copy
 
-    from tuning import collate
+    from nerve.tuning import collate
 
     model, feats, pad = model_and_features
     model = copy.deepcopy(model).to(dtype)

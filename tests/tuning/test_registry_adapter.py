@@ -12,7 +12,7 @@ import torch
 
 from nerve import models
 from nerve.models import ModelError, ModelSpec
-from tuning.export import merge_adapter
+from nerve.tuning.export import merge_adapter
 
 
 def _adapter_spec(tiny_causal_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModelSpec:
@@ -20,7 +20,7 @@ def _adapter_spec(tiny_causal_dir: Path, tmp_path: Path, monkeypatch: pytest.Mon
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from ner.card import TaskCard
+    from nerve.ner.card import TaskCard
 
     monkeypatch.setenv("NERVE_HOME", str(tmp_path / "home"))
     base = ModelSpec(name="tiny-base", description="", kind="causal-lm", wheels=(), members=(), license="MIT")
@@ -49,7 +49,7 @@ def test_pull_merges_the_committed_adapter_and_matches_its_logits(tiny_causal_di
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from ner.card import TaskCard
+    from nerve.ner.card import TaskCard
 
     spec = _adapter_spec(tiny_causal_dir, tmp_path, monkeypatch)
     # The registry does not merge by itself (merging is tuning's): without the merge step it says what to run.
@@ -99,10 +99,10 @@ def test_exported_adapter_is_what_the_registry_commits(tiny_causal_dir, synth_fi
     of exactly those files pulls and merges."""
     from safetensors.torch import load_file
 
-    from ner.card import TaskCard
+    from nerve.ner.card import TaskCard
+    from nerve.tuning.export import export_adapter
+    from nerve.tuning.run import tune
     from tests.tuning.conftest import EXAMPLES, tiny_overrides
-    from tuning.export import export_adapter
-    from tuning.run import tune
 
     run = tune(EXAMPLES / "tiny_test.yaml", tiny_overrides(tiny_causal_dir, synth_files, tmp_path / "run",
                                                            "--train.max_steps", "2", "--train.eval_steps", "0",

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from nerve.tuning.config import ConfigError, load_config
+from nerve.tuning.methods import METHODS, MethodUnavailableError, get_method
+from nerve.tuning.run import tune
+from nerve.tuning.trainer import StopAtStep
 from tests.tuning.conftest import EXAMPLES, tiny_overrides
-from tuning.config import ConfigError, load_config
-from tuning.methods import METHODS, MethodUnavailableError, get_method
-from tuning.run import tune
-from tuning.trainer import StopAtStep
 
 TINY = EXAMPLES / "tiny_test.yaml"
 
@@ -114,9 +114,9 @@ def test_engine_eval_picks_the_best_checkpoint_by_micro_f1(tiny_causal_dir, synt
     engine runs in test_engine_eval_end_to_end); everything around it is real.
     """
     import nerve.extraction
-    from ner.scoring import Scorer
-    from ner.types import Entity
-    from tuning import evaluation
+    from nerve.ner.scoring import Scorer
+    from nerve.ner.types import Entity
+    from nerve.tuning import evaluation
 
     seen: list[Path] = []
     scripted = iter([0.9, 0.2])  # step 2 is better than step 4
@@ -153,7 +153,7 @@ def test_engine_eval_picks_the_best_checkpoint_by_micro_f1(tiny_causal_dir, synt
 
 def test_engine_unavailable_falls_back_to_loss_with_a_log_line(tiny_causal_dir, synth_files, tmp_path, monkeypatch,
                                                                caplog) -> None:
-    from tuning import evaluation
+    from nerve.tuning import evaluation
 
     monkeypatch.setattr(evaluation, "engine_unavailable_reason", lambda: "vLLM is not installed")
     with caplog.at_level(logging.INFO, logger="nerve.tuning"):
@@ -168,11 +168,11 @@ def test_engine_unavailable_falls_back_to_loss_with_a_log_line(tiny_causal_dir, 
 def test_engine_eval_end_to_end_and_export_serves(loop_thread, tiny_causal_dir, synth_files, tmp_path) -> None:
     """Eval during training (temporary merged export -> vLLM constrained greedy decoding -> span scores), then
     `nerve export` of the LoRA run, served through the service's engine unchanged."""
-    from ner.card import TaskCard
-    from ner.readers import read_dataset
     from nerve.extraction import Extractor
+    from nerve.ner.card import TaskCard
+    from nerve.ner.readers import read_dataset
+    from nerve.tuning.export import export_checkpoint
     from tests.conftest import start_engine
-    from tuning.export import export_checkpoint
 
     run = tune(TINY, tiny_overrides(tiny_causal_dir, synth_files, tmp_path / "eng", "--eval.with_engine", "true",
                                     "--train.max_steps", "2", "--train.eval_steps", "0", "--train.save_steps", "2"))
@@ -206,7 +206,7 @@ def test_torchrun_data_parallel_on_cpu(tiny_causal_dir, synth_files, tmp_path) -
         port = s.getsockname()[1]
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), "-m", "tuning", str(TINY),
+           "--master_port", str(port), "-m", "nerve.tuning", str(TINY),
            *tiny_overrides(tiny_causal_dir, synth_files, run, "--train.max_steps", "2", "--train.eval_steps", "0",
                            "--train.save_steps", "2", "--train.threads", "1")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(EXAMPLES.parents[1])}
@@ -247,7 +247,7 @@ def test_auto_dtype_reaches_the_trainer(tiny_causal_dir, synth_files, tmp_path, 
 
 
 def test_mixture_with_label_sampling_tunes_an_open_label_v2_card(tiny_causal_dir, synth_files, tmp_path) -> None:
-    from ner.card import TaskCard
+    from nerve.ner.card import TaskCard
 
     sources = (f"[{{train_file: {synth_files['train']}, dev_file: {synth_files['dev']}, rename: [PER=person]}}, "
                f"{{train_file: {synth_files['train']}, max_train_examples: 8}}]")

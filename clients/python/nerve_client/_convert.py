@@ -141,7 +141,7 @@ def _get(obj: Any, name: str, default: Any = None) -> Any:
 
 
 def entity_to_proto(entity: Any) -> tpb.Entity:
-    """An Entity (ours, ``ner.types.Entity`` or a mapping with label/text/start/end) as a message."""
+    """An Entity (ours, ``nerve.ner.types.Entity`` or a mapping with label/text/start/end) as a message."""
     try:
         return tpb.Entity(
             label=str(_get(entity, "label")), text=str(_get(entity, "text")),

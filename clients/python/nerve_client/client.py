@@ -349,7 +349,7 @@ class Client:
         """Score the model on labelled examples and return the report.
 
         Give either ``examples`` (streamed up lazily: :class:`~nerve_client.types.Example`, mappings or
-        ``ner.types.Example``) or ``dataset_path`` (a file on the server, relative to a dataset directory the
+        ``nerve.ner.types.Example``) or ``dataset_path`` (a file on the server, relative to a dataset directory the
         operator allowed; ``format`` ``auto``/``jsonl``/``cluener``/``conll``/``bmes``, ``scheme`` for CoNLL).
 
         Args:

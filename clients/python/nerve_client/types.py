@@ -74,7 +74,7 @@ class Example:
     """A text with its gold entities, sent up by :meth:`Client.evaluate`.
 
     ``evaluate`` also accepts mappings ``{"text", "entities": [{label, text, start, end}], "id"?}`` and any
-    object with ``text`` and ``entities`` attributes (such as ``ner.types.Example``).
+    object with ``text`` and ``entities`` attributes (such as ``nerve.ner.types.Example``).
     """
 
     text: str
