@@ -1,8 +1,34 @@
-"""Prometheus metrics of the service: one registry, names prefixed ``nerve_``, base units."""
+"""Prometheus metrics of the service: one registry, names prefixed ``nerve_``, base units, and beside them the
+engine's own families (``vllm:*``: running and waiting requests, KV-cache usage, prefix-cache hits,
+preemptions, time to first token), which vLLM records in the process's default registry."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+ENGINE_PREFIX = "vllm:"
+"""The name prefix of vLLM's metric families."""
+
+
+class EngineFamilies(Collector):
+    """The engine's metric families, read from ``source`` (the default registry, where vLLM's Prometheus
+    stat logger puts them) at every scrape, so that one ``/metrics`` serves nerve's and the engine's."""
+
+    def __init__(self, source: CollectorRegistry = REGISTRY, prefix: str = ENGINE_PREFIX) -> None:
+        self.source = source
+        self.prefix = prefix
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.source.collect():
+            if family.name.startswith(self.prefix):
+                yield family
+
+    def describe(self) -> list[Metric]:
+        return []  # names are the engine's; none clash with nerve_*
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -58,6 +84,7 @@ class Metrics:
                                        registry=r)
         self.ready = Gauge("nerve_ready", "1 when the model is loaded and warmed up and the server is not draining.",
                            registry=r)
+        r.register(EngineFamilies())
 
     def serve(self, port: int, host: str) -> None:
         start_http_server(port, addr=host, registry=self.registry)

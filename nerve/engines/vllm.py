@@ -156,6 +156,7 @@ def _create_async_llm(cfg: EngineConfig) -> tuple[Any, DtypeChoice]:
     block_size = cfg.block_size or _default_block_size()
     args = AsyncEngineArgs(
         model=cfg.model,
+        served_model_name=[os.path.basename(os.path.normpath(cfg.model))],  # the engine's metric label: no path
         dtype=dtype.dtype,
         max_model_len=cfg.max_model_len,
         max_num_seqs=cfg.max_num_seqs,
