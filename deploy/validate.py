@@ -9,8 +9,8 @@ Three layers of checks, for every object of every overlay:
 1. Schema. Built-in kinds are validated strictly (unknown fields are errors) against the Kubernetes JSON
    schemas that the `kubernetes-validate` package ships, for ``--kubernetes-version`` (default 1.32.0).
 2. CRDs. kubernetes-validate has no schemas for custom resources; the kinds listed in :data:`CRD_SCHEMAS`
-   (the Prometheus Operator's ServiceMonitor) are checked against a hand-written structural schema of the
-   fields we use. Any other custom kind fails, so nothing passes unchecked.
+   (the Prometheus Operator's ServiceMonitor and PrometheusRule) are checked against a hand-written
+   structural schema of the fields we use. Any other custom kind fails, so nothing passes unchecked.
 3. Policy. Cross-object invariants a schema cannot see: the server config in the ConfigMap parses (with
    nerve's own ``load_config`` when importable) and agrees with the container ports and probes;
    terminationGracePeriodSeconds exceeds drain_seconds; every container has startup, readiness and liveness
@@ -126,8 +126,59 @@ SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
     },
 }
 
+PROMETHEUS_RULE_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "PrometheusRule (monitoring.coreos.com/v1), the subset of fields nerve uses",
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": SERVICE_MONITOR_SCHEMA["properties"]["metadata"],
+        "spec": {
+            "type": "object",
+            "required": ["groups"],
+            "additionalProperties": False,
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "rules"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "interval": {"type": "string", "pattern": _DURATION},
+                            "rules": {
+                                "type": "array",
+                                "minItems": 1,
+                                "items": {
+                                    "type": "object",
+                                    "required": ["expr"],
+                                    "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "alert": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_]*$"},
+                                        "record": {"type": "string", "pattern": "^[a-zA-Z_:][a-zA-Z0-9_:]*$"},
+                                        "expr": {"type": "string", "minLength": 1},
+                                        "for": {"type": "string", "pattern": _DURATION},
+                                        "labels": _LABELS,
+                                        "annotations": _LABELS,
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
 CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR_SCHEMA,
+    ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE_SCHEMA,
 }
 """Custom resources checked structurally (kubernetes-validate only knows built-in kinds)."""
 

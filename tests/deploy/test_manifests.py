@@ -49,7 +49,7 @@ def test_validate_script_passes_on_every_overlay() -> None:
                           timeout=120, cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for name in OVERLAYS:
-        assert re.search(rf"^{re.escape(name)}\s+\d+\s+\d+\s+1\s+OK$", proc.stdout, re.M), proc.stdout
+        assert re.search(rf"^{re.escape(name)}\s+\d+\s+\d+\s+2\s+OK$", proc.stdout, re.M), proc.stdout
     assert "ServiceMonitor" in proc.stdout  # the summary names the structurally checked CRD kinds
 
 
@@ -64,9 +64,9 @@ def test_objects_pass_schemas_and_policy(rendered, validate, overlay: str) -> No
     kinds = sorted(o["kind"] for o in rendered[overlay])
     assert kinds == sorted([
         "ConfigMap", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy", "PersistentVolumeClaim",
-        "PodDisruptionBudget", "Service", "Service", "ServiceAccount", "ServiceMonitor",
+        "PodDisruptionBudget", "PrometheusRule", "Service", "Service", "ServiceAccount", "ServiceMonitor",
     ])
-    assert report.crd_checked == 1 and report.schema_valid == len(kinds) - 1
+    assert report.crd_checked == 2 and report.schema_valid == len(kinds) - 2
 
 
 # ------------------------------------------------------------------------------------ server invariants
