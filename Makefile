@@ -7,7 +7,7 @@ STAMP := $(VENV)/.nerve-installed
 EXTRAS ?= cpu,tune,dev
 PYTEST_ARGS ?=
 
-.PHONY: help venv models serve demo test lint proto proto-check kubectl deploy-validate loadtest bench clean
+.PHONY: help venv models serve demo test lint proto proto-check kubectl promtool deploy-validate loadtest bench clean
 
 help:
 	@echo "make serve   set up .venv, pull the default model, run the gRPC service on 127.0.0.1:50051"
@@ -59,6 +59,12 @@ proto-check: venv
 kubectl:
 	command -v kubectl >/dev/null || { apt-get update -qq && apt-get install -y -qq kubectl; }
 
+# promtool (Debian's prometheus package) checks the alert rules in tests/deploy/test_observability.py; best effort:
+# without it that one check is skipped.
+promtool:
+	command -v promtool >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
+		|| echo "promtool could not be installed: the promtool check of the alert rules is skipped"
+
 deploy-validate: venv kubectl
 	$(BIN)/python deploy/validate.py
 
@@ -71,7 +77,7 @@ bench: models
 	$(BIN)/python bench/bench_service.py
 	$(BIN)/python bench/bench_capacity.py
 
-test: models kubectl lint proto-check
+test: models kubectl promtool lint proto-check
 	$(BIN)/python -m pytest -q --timeout 1200 $(PYTEST_ARGS)
 
 clean:
