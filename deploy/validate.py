@@ -67,106 +67,100 @@ _LABEL_SELECTOR = {
     },
 }
 
-SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "ServiceMonitor (monitoring.coreos.com/v1), the subset of fields nerve uses",
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"},
-        "kind": {"const": "ServiceMonitor"},
-        "metadata": {
-            "type": "object",
-            "required": ["name"],
-            "properties": {"name": {"type": "string", "minLength": 1}, "namespace": {"type": "string"},
-                           "labels": _LABELS, "annotations": _LABELS},
+def _operator_schema(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """The structural schema of a Prometheus Operator resource (monitoring.coreos.com/v1) with ``spec``."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": f"{kind} (monitoring.coreos.com/v1), the subset of fields nerve uses",
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "kind": {"const": kind},
+            "metadata": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {"name": {"type": "string", "minLength": 1}, "namespace": {"type": "string"},
+                               "labels": _LABELS, "annotations": _LABELS},
+            },
+            "spec": spec,
         },
-        "spec": {
+    }
+
+
+SERVICE_MONITOR_SCHEMA: dict[str, Any] = _operator_schema("ServiceMonitor", {
+    "type": "object",
+    "required": ["selector", "endpoints"],
+    "additionalProperties": False,
+    "properties": {
+        "selector": _LABEL_SELECTOR,
+        "namespaceSelector": {
             "type": "object",
-            "required": ["selector", "endpoints"],
             "additionalProperties": False,
-            "properties": {
-                "selector": _LABEL_SELECTOR,
-                "namespaceSelector": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {"any": {"type": "boolean"}, "matchNames": {"type": "array", "items": {"type": "string"}}},
-                },
-                "jobLabel": {"type": "string"},
-                "targetLabels": {"type": "array", "items": {"type": "string"}},
-                "podTargetLabels": {"type": "array", "items": {"type": "string"}},
-                "sampleLimit": {"type": "integer", "minimum": 0},
-                "endpoints": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "anyOf": [{"required": ["port"]}, {"required": ["targetPort"]}],
-                        "properties": {
-                            "port": {"type": "string", "minLength": 1},
-                            "targetPort": {"type": ["string", "integer"]},
-                            "path": {"type": "string", "pattern": "^/"},
-                            "scheme": {"enum": ["http", "https"]},
-                            "interval": {"type": "string", "pattern": _DURATION},
-                            "scrapeTimeout": {"type": "string", "pattern": _DURATION},
-                            "honorLabels": {"type": "boolean"},
-                            "honorTimestamps": {"type": "boolean"},
-                            "params": {"type": "object"},
-                            "relabelings": {"type": "array", "items": {"type": "object"}},
-                            "metricRelabelings": {"type": "array", "items": {"type": "object"}},
-                            "tlsConfig": {"type": "object"},
-                            "bearerTokenSecret": {"type": "object"},
-                            "authorization": {"type": "object"},
-                        },
-                    },
+            "properties": {"any": {"type": "boolean"}, "matchNames": {"type": "array", "items": {"type": "string"}}},
+        },
+        "jobLabel": {"type": "string"},
+        "targetLabels": {"type": "array", "items": {"type": "string"}},
+        "podTargetLabels": {"type": "array", "items": {"type": "string"}},
+        "sampleLimit": {"type": "integer", "minimum": 0},
+        "endpoints": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "anyOf": [{"required": ["port"]}, {"required": ["targetPort"]}],
+                "properties": {
+                    "port": {"type": "string", "minLength": 1},
+                    "targetPort": {"type": ["string", "integer"]},
+                    "path": {"type": "string", "pattern": "^/"},
+                    "scheme": {"enum": ["http", "https"]},
+                    "interval": {"type": "string", "pattern": _DURATION},
+                    "scrapeTimeout": {"type": "string", "pattern": _DURATION},
+                    "honorLabels": {"type": "boolean"},
+                    "honorTimestamps": {"type": "boolean"},
+                    "params": {"type": "object"},
+                    "relabelings": {"type": "array", "items": {"type": "object"}},
+                    "metricRelabelings": {"type": "array", "items": {"type": "object"}},
+                    "tlsConfig": {"type": "object"},
+                    "bearerTokenSecret": {"type": "object"},
+                    "authorization": {"type": "object"},
                 },
             },
         },
     },
-}
+})
 
-PROMETHEUS_RULE_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "PrometheusRule (monitoring.coreos.com/v1), the subset of fields nerve uses",
+PROMETHEUS_RULE_SCHEMA: dict[str, Any] = _operator_schema("PrometheusRule", {
     "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "required": ["groups"],
+    "additionalProperties": False,
     "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"},
-        "kind": {"const": "PrometheusRule"},
-        "metadata": SERVICE_MONITOR_SCHEMA["properties"]["metadata"],
-        "spec": {
-            "type": "object",
-            "required": ["groups"],
-            "additionalProperties": False,
-            "properties": {
-                "groups": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "required": ["name", "rules"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "name": {"type": "string", "minLength": 1},
-                            "interval": {"type": "string", "pattern": _DURATION},
-                            "rules": {
-                                "type": "array",
-                                "minItems": 1,
-                                "items": {
-                                    "type": "object",
-                                    "required": ["expr"],
-                                    "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
-                                    "additionalProperties": False,
-                                    "properties": {
-                                        "alert": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_]*$"},
-                                        "record": {"type": "string", "pattern": "^[a-zA-Z_:][a-zA-Z0-9_:]*$"},
-                                        "expr": {"type": "string", "minLength": 1},
-                                        "for": {"type": "string", "pattern": _DURATION},
-                                        "labels": _LABELS,
-                                        "annotations": _LABELS,
-                                    },
-                                },
+        "groups": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["name", "rules"],
+                "additionalProperties": False,
+                "properties": {
+                    "name": {"type": "string", "minLength": 1},
+                    "interval": {"type": "string", "pattern": _DURATION},
+                    "rules": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "required": ["expr"],
+                            "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+                            "additionalProperties": False,
+                            "properties": {
+                                "alert": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_]*$"},
+                                "record": {"type": "string", "pattern": "^[a-zA-Z_:][a-zA-Z0-9_:]*$"},
+                                "expr": {"type": "string", "minLength": 1},
+                                "for": {"type": "string", "pattern": _DURATION},
+                                "labels": _LABELS,
+                                "annotations": _LABELS,
                             },
                         },
                     },
@@ -174,7 +168,7 @@ PROMETHEUS_RULE_SCHEMA: dict[str, Any] = {
             },
         },
     },
-}
+})
 
 CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR_SCHEMA,
