@@ -124,7 +124,8 @@ class EvaluateAtEnd(TrainerCallback):
 
 
 class JsonlLog(TrainerCallback):
-    """Append every log record (with its step) to a JSON Lines file, on the main process."""
+    """Append every log record (with its step, and the process's resident memory then and at its peak so far)
+    to a JSON Lines file, on the main process: the memory of a long run over its steps."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -132,9 +133,15 @@ class JsonlLog(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
+        import resource
+
+        import psutil
+
+        memory = {"rss_gib": round(psutil.Process().memory_info().rss / 2**30, 3),
+                  "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": state.global_step, **logs}, default=float) + "\n")
+            f.write(json.dumps({"step": state.global_step, **logs, **memory}, default=float) + "\n")
 
 
 class StopAtStep(TrainerCallback):

@@ -35,6 +35,9 @@ def test_lora_steps_reduce_loss_and_write_the_run(tiny_causal_dir, synth_files, 
     assert len(losses) == 6 and losses[-1] < losses[0]
     evals = [r["eval_loss"] for r in _log(run) if "eval_loss" in r]
     assert len(evals) == 2 and evals[-1] < evals[0]
+    memory = [(r["rss_gib"], r["peak_rss_gib"]) for r in _log(run) if "loss" in r]
+    assert all(0 < rss <= peak for rss, peak in memory)  # the run's memory over its steps
+    assert [p for _, p in memory] == sorted(p for _, p in memory)
     record = json.loads((run / "nerve_run.json").read_text())
     assert record["status"] == "done" and record["global_step"] == 6 and record["method"] == "lora"
     assert record["metric"] == "loss" and record["best_checkpoint"].endswith("checkpoint-6")
