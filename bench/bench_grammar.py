@@ -135,14 +135,16 @@ def report(data: dict) -> Path:
     from nerve.service.config import ServeConfig
 
     default = ServeConfig().max_new_schemas_per_minute
-    overlays = {20: " (k8s CPU overlay)", 60: " (k8s GPU overlay)", default: " (the server's default)"}
+    names = {20: ["k8s CPU overlay"], 60: ["k8s GPU overlay"]}
+    names.setdefault(default, []).append("the server's default")
     for limit in sorted({*LIMITS, default}):
-        mark = overlays.get(limit, "")
+        mark = f" ({'; '.join(names[limit])})" if limit in names else ""
         lines.append(f"| {limit}{mark} | {cpu_share(limit, s['cpu_ms']['median'], cores):.1%} |"
                      f" {cpu_share(limit, s['cpu_ms']['p95'], cores):.1%} |")
-    lines += ["", f"A client that sends only new schemas can make the server spend this much CPU on grammars; the"
-              f" server's default ({default} a minute) does not protect a small CPU node, so the Kubernetes overlays"
-              " set the limit for their nodes (deploy/k8s/overlays/*/config.yaml). Set it from the cost above and the"
+    share = cpu_share(default, s["cpu_ms"]["median"], cores)
+    lines += ["", f"A client that sends only new schemas can make the server spend this much CPU on grammars: at the"
+              f" server's default ({default} a minute) {share:.0%} of the {cores} cores here. The Kubernetes overlays"
+              " set the limit for their nodes (deploy/k8s/overlays/*/config.yaml); set it from the cost above and the"
               " cores the pod has: limit = share x cores x 60 s / CPU seconds per compilation.", "",
               "Beyond the limit a request with a new schema gets RESOURCE_EXHAUSTED (its retry-after is the"
               " bucket's refill); requests with schemas already seen are never limited. The server remembers"

@@ -33,9 +33,10 @@ class ServeConfig:
     max_batch_texts: int = field(default=64, metadata={"help": "Most texts in one ExtractBatch call."})
     max_batch_bytes: int = field(default=1 << 20, metadata={"help": "Most UTF-8 bytes of text in one ExtractBatch call."})
     max_message_bytes: int = field(default=8 << 20, metadata={"help": "gRPC max send/receive message size."})
-    max_new_schemas_per_minute: int = field(default=600, metadata={
+    max_new_schemas_per_minute: int = field(default=60, metadata={
         "help": "Most requests per minute with an output schema not seen before (a new label set or bound: one "
-                "grammar compilation each); beyond it they get RESOURCE_EXHAUSTED. 0: no limit."})
+                "grammar compilation each, about 1.2 CPU-seconds on a 2-core CPU, bench/reports/grammar.md); "
+                "beyond it they get RESOURCE_EXHAUSTED. Size it to the pod's cores. 0: no limit."})
     max_eval_examples: int = field(default=20000, metadata={"help": "Most examples one Evaluate call may score."})
     max_concurrent_evaluations: int = field(default=2, metadata={
         "help": "Most Evaluate calls running at once; a further one gets RESOURCE_EXHAUSTED."})
