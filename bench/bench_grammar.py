@@ -94,17 +94,13 @@ def measure(n: int, seed: int) -> dict:
             "rows": rows, "summary": summarise(rows)}
 
 
-def _pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
-
-
 def summarise(rows: list[dict]) -> dict:
+    from nerve.reports import percentile
     wall = [r["wall_ms"] for r in rows]
     cpu = [r["cpu_ms"] for r in rows]
     mem = [r["memory_bytes"] for r in rows]
-    return {"wall_ms": {"median": statistics.median(wall), "p95": _pct(wall, 0.95), "max": max(wall)},
-            "cpu_ms": {"median": statistics.median(cpu), "p95": _pct(cpu, 0.95), "max": max(cpu)},
+    return {"wall_ms": {"median": statistics.median(wall), "p95": percentile(wall, 95, method="nearest"), "max": max(wall)},
+            "cpu_ms": {"median": statistics.median(cpu), "p95": percentile(cpu, 95, method="nearest"), "max": max(cpu)},
             "memory_bytes": {"median": statistics.median(mem), "max": max(mem)}}
 
 

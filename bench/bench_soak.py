@@ -60,7 +60,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -280,12 +279,6 @@ def summarise(rows: Sequence[dict[str, Any]], samples: Sequence[dict[str, Any]],
 
 
 # ------------------------------------------------------------------------------------------ the load run
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def load_examples() -> tuple[list[Any], str]:
@@ -542,7 +535,9 @@ async def measure(args: argparse.Namespace, phases: list[dict[str, Any]], exampl
     from nerve_client.pb import service_pb2 as spb
     from nerve_client.pb import service_pb2_grpc
 
-    port, mport = _free_port(), _free_port()
+    from bench.bench_service import free_port
+
+    port, mport = free_port(), free_port()
     raw_path.parent.mkdir(parents=True, exist_ok=True)
     log_path = raw_path.with_name(raw_path.name.replace("-raw.jsonl", "") + "-server.log")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
