@@ -29,6 +29,9 @@ class ServeConfig:
     metrics_host: str | None = field(default=None, metadata={"help": "Metrics listen address; default: host."})
     max_queue: int = field(default=256, metadata={
         "help": "Most texts admitted at once (in the engine or waiting); beyond it calls get RESOURCE_EXHAUSTED."})
+    shed_late_calls: bool = field(default=True, metadata={
+        "help": "Refuse at once (RESOURCE_EXHAUSTED) a call that would wait for an engine slot and, at the recent "
+                "rate of finished texts, finish after its deadline, instead of letting it expire in the queue."})
     max_text_chars: int = field(default=4000, metadata={"help": "Longest text accepted, in characters."})
     max_batch_texts: int = field(default=64, metadata={"help": "Most texts in one ExtractBatch call."})
     max_batch_bytes: int = field(default=1 << 20, metadata={"help": "Most UTF-8 bytes of text in one ExtractBatch call."})

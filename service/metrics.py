@@ -65,8 +65,12 @@ class Metrics:
         self.inflight = Gauge("nerve_inflight_requests", "Texts admitted and not finished.", registry=r)
         self.queued = Gauge("nerve_queued_requests",
                             "Admitted texts beyond the engine's batch capacity (waiting for a slot).", registry=r)
-        self.rejected = Counter("nerve_rejected_requests_total", "Texts refused because the queue was full.",
+        self.rejected = Counter("nerve_rejected_requests_total",
+                                "Texts refused because the queue was full or would outlast their call's deadline.",
                                 registry=r)
+        self.shed_late = Counter("nerve_shed_late_texts_total",
+                                 "Texts refused at admission because the queue ahead would outlast their call's "
+                                 "deadline (also counted in nerve_rejected_requests_total).", registry=r)
         self.grammar_schemas = Counter("nerve_grammar_schemas_total",
                                        "Requests by whether their output schema was new (grammar compiled) or reused.",
                                        ["result"], registry=r)

@@ -235,6 +235,7 @@ class NerveServer:
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self.engine: Engine | None = None
         self.port: int | None = None
+        self.servicer: NerveServicer | None = None
         self._server: grpc.aio.Server | None = None
         self._stopped = asyncio.Event()
         self._load_task: asyncio.Task | None = None
@@ -256,7 +257,8 @@ class NerveServer:
         if cfg.auth_token:
             interceptors.append(AuthInterceptor(cfg.auth_token, self.metrics))
         server = grpc.aio.server(options=server_options(cfg), interceptors=interceptors)
-        add_nerve_service(NerveServicer(cfg, self.state, self.metrics), server)
+        self.servicer = NerveServicer(cfg, self.state, self.metrics)
+        add_nerve_service(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         add_reflection(server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
         address = f"{cfg.host}:{cfg.port}"

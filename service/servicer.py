@@ -28,6 +28,7 @@ from nerve.ner.schema import output_spec
 from nerve.ner.scoring import LabelScore
 from nerve.ner.types import Entity, Example
 
+from .admission import DrainRate, late_reason
 from .config import ServeConfig
 from .errors import (
     REQUEST_ID,
@@ -218,6 +219,8 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
         """Evaluate calls running now."""
         self._room = asyncio.Event()
         """Set when texts leave the queue (evaluations waiting for room look again)."""
+        self._drain_rate = DrainRate()
+        """How fast texts leave the queue while the server is busy (for deadline-aware admission)."""
 
     # -- helpers ---------------------------------------------------------------------------------------------
 
@@ -231,10 +234,19 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
         return self.state.extractor
 
     @contextmanager
-    def _admit(self, n: int) -> Iterator[None]:
+    def _admit(self, n: int, remaining: float | None = None) -> Iterator[None]:
+        """Admit ``n`` texts of a call with ``remaining`` seconds of deadline (``None``: no deadline or not
+        judged), or refuse them with RESOURCE_EXHAUSTED: the queue is full, or it would outlast the deadline
+        (``shed_late_calls``, :mod:`.admission`)."""
         if self.state.inflight + n > self.cfg.max_queue:
             self.metrics.rejected.inc(n)
             raise Overloaded(f"queue full ({self.state.inflight} texts in flight, limit {self.cfg.max_queue}); retry later")
+        if self.cfg.shed_late_calls:
+            late = late_reason(self._drain_rate, self.state.inflight, n, self._capacity(), remaining)
+            if late:
+                self.metrics.rejected.inc(n)
+                self.metrics.shed_late.inc(n)
+                raise Overloaded(late)
         self._set_inflight(self.state.inflight + n)
         try:
             yield
@@ -281,6 +293,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
         if value < self.state.inflight:
             self._room.set()
         self.state.inflight = value
+        self._drain_rate.update(value)
         self.metrics.inflight.set(value)
         self.metrics.queued.set(max(0, value - self._capacity()))
 
@@ -340,7 +353,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
         labels = ex.labels_for(request.labels or None, dict(request.label_descriptions))
         prepared = ex.prepare(request.text, labels, max_entities)  # validate before queueing
         self._check_deadline(context)
-        with self._admit(1):
+        with self._admit(1, context.time_remaining()):
             self.metrics.batch_texts.labels("Extract").observe(1)
             r = await ex.extract(request.text, labels=labels, max_entities=max_entities, request_id=rec.rid,
                                  prepared=prepared)
@@ -373,7 +386,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
             except InputError as exc:
                 raise InputError(f"texts[{i}]: {exc}") from None
         self._check_deadline(context)
-        with self._admit(len(texts)):
+        with self._admit(len(texts), context.time_remaining()):
             self.metrics.batch_texts.labels("ExtractBatch").observe(len(texts))
             results = await ex.extract_many(texts, labels=labels, max_entities=max_entities, prepared=prepared)
         for r in results:
