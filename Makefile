@@ -7,10 +7,10 @@ STAMP := $(VENV)/.nerve-installed
 EXTRAS ?= cpu,tune,dev
 PYTEST_ARGS ?=
 
-.PHONY: help venv models serve demo test lint proto proto-check kubectl promtool deploy-validate loadtest bench clean
+.PHONY: help venv models serve demo test lint proto proto-check kubectl promtool node deploy-validate loadtest bench clean
 
 help:
-	@echo "make serve   set up .venv, pull the default model, run the gRPC service on 127.0.0.1:50051"
+	@echo "make serve   set up .venv, pull the default model, serve gRPC on 127.0.0.1:50051 and HTTP/JSON on :8000"
 	@echo "make test    set up .venv, pull the test models, lint and run the tests"
 	@echo "make demo    extract entities from sample sentences"
 	@echo "make models  pull the models the tests use"
@@ -36,6 +36,8 @@ models: venv
 	$(BIN)/nerve models pull smollm2-135m-instruct
 	$(BIN)/nerve models pull minilm-l6
 
+# The HTTP/JSON gateway listens on NERVE_HTTP_PORT (8000 unless set in the environment; 0 turns it off).
+serve: export NERVE_HTTP_PORT ?= 8000
 serve: venv
 	$(BIN)/nerve models pull default
 	$(BIN)/nerve serve
@@ -65,6 +67,12 @@ promtool:
 	command -v promtool >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
 		|| echo "promtool could not be installed: the promtool check of the alert rules is skipped"
 
+# Node.js and npm (Debian's nodejs and npm packages) run the JavaScript client of tests/client/test_node_offsets.py
+# (UTF-16 offsets, reflection); best effort: without them that test is skipped.
+node:
+	{ command -v node && command -v npm; } >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; } \
+		|| echo "node and npm could not be installed: the Node.js client test is skipped"
+
 deploy-validate: venv kubectl
 	$(BIN)/python deploy/validate.py
 
@@ -77,7 +85,7 @@ bench: models
 	$(BIN)/python bench/bench_service.py
 	$(BIN)/python bench/bench_capacity.py
 
-test: models kubectl promtool lint proto-check
+test: models kubectl promtool node lint proto-check
 	$(BIN)/python -m pytest -q --timeout 1200 $(PYTEST_ARGS)
 
 clean:

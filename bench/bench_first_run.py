@@ -61,8 +61,9 @@ def _free_port() -> int:
 
 def serve_until_ready(clone: Path, env: dict, log: Path, timeout: float) -> dict:
     """Run ``make serve`` in ``clone`` until gRPC health says SERVING, then SIGTERM it; times and exit code."""
-    port, mport = _free_port(), _free_port()
-    env = {**env, "NERVE_PORT": str(port), "NERVE_METRICS_PORT": str(mport)}
+    port, mport, hport = _free_port(), _free_port(), _free_port()
+    env = {**env, "NERVE_PORT": str(port), "NERVE_METRICS_PORT": str(mport), "NERVE_HTTP_PORT": str(hport)}
+    http_health = None
     t0 = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.Popen(["make", "serve"], cwd=clone, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -71,6 +72,7 @@ def serve_until_ready(clone: Path, env: dict, log: Path, timeout: float) -> dict
         while time.perf_counter() - t0 < timeout and proc.poll() is None:
             if _serving(port):
                 serving = time.perf_counter() - t0
+                http_health = _http_health(hport)
                 break
             time.sleep(2)
         if proc.poll() is None:
@@ -86,7 +88,21 @@ def serve_until_ready(clone: Path, env: dict, log: Path, timeout: float) -> dict
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             code = proc.wait()
-    return {"serving_seconds": serving, "exit_code_after_sigterm": code}
+    return {"serving_seconds": serving, "http_health": http_health, "exit_code_after_sigterm": code}
+
+
+def _http_health(port: int) -> int | None:
+    """The HTTP status of the gateway's GET /v1/health (None when it does not answer)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/health", timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
 
 
 def main() -> None:

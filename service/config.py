@@ -11,6 +11,8 @@ from nerve import settings
 from nerve.engines.vllm import EngineConfig
 from nerve.models import DEFAULT_MODEL
 
+from .tracing import TRACING_MODES, check_tracing
+
 ENV_PREFIX = "NERVE_"
 """``NERVE_MAX_QUEUE`` sets ``max_queue``, ``NERVE_ENGINE_DTYPE`` sets ``engine.dtype``."""
 
@@ -27,6 +29,9 @@ class ServeConfig:
     port: int = field(default=50051, metadata={"help": "gRPC port."})
     metrics_port: int = field(default=9400, metadata={"help": "Prometheus /metrics port; 0 disables."})
     metrics_host: str | None = field(default=None, metadata={"help": "Metrics listen address; default: host."})
+    http_port: int = field(default=0, metadata={
+        "help": "Port of the HTTP/JSON gateway (the same API as JSON over HTTP, docs/api.md; `make serve` uses "
+                "8000); 0: no gateway."})
     max_queue: int = field(default=256, metadata={
         "help": "Most texts admitted at once (in the engine or waiting); beyond it calls get RESOURCE_EXHAUSTED."})
     shed_late_calls: bool = field(default=True, metadata={
@@ -80,6 +85,10 @@ class ServeConfig:
     warmup: bool = field(default=True, metadata={"help": "Run warm-up generations before reporting SERVING."})
     log_level: str = field(default="INFO", metadata={"help": "Log level."})
     log_texts: bool = field(default=False, metadata={"help": "Log request texts (user data) at INFO."})
+    tracing: str = field(default="off", metadata={
+        "choices": TRACING_MODES,
+        "help": "otlp: an OpenTelemetry span per call (joining the caller's W3C traceparent), exported over OTLP "
+                "to OTEL_EXPORTER_OTLP_ENDPOINT (needs nerve[otel]); off: no tracing."})
     engine: EngineConfig = field(default_factory=EngineConfig, metadata={"help": "vLLM engine settings."})
 
     def validate(self) -> None:
@@ -101,8 +110,10 @@ class ServeConfig:
                      "max_connection_age_grace_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
-        if not 0 < self.port < 65536 or not 0 <= self.metrics_port < 65536:
-            raise ValueError("ports must be in 1..65535 (metrics_port 0 disables metrics)")
+        if not 0 < self.port < 65536 or not 0 <= self.metrics_port < 65536 or not 0 <= self.http_port < 65536:
+            raise ValueError("ports must be in 1..65535 (metrics_port 0 disables metrics, http_port 0 the gateway)")
+        if self.tracing != "off":
+            check_tracing()  # the optional packages are installed
 
 
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | Sequence[str] | None = None,

@@ -91,6 +91,14 @@ def clean_request_id(value: str | bytes) -> str:
     return _UNSAFE_ID_CHARS.sub("_", value[:MAX_REQUEST_ID])
 
 
+def transport_of(metadata: Any) -> str:
+    """``http`` for a call the HTTP/JSON gateway makes (:mod:`nerve.service.http`), else ``grpc``."""
+    for key, value in metadata or ():
+        if key == "x-nerve-transport" and value == "http":
+            return "http"
+    return "grpc"
+
+
 def _request_id(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id" and value:
@@ -151,6 +159,7 @@ class RpcRecorder:
         self.context = context
         self.metrics = metrics
         self.rid = _request_id(context)
+        self.transport = transport_of(context.invocation_metadata())
         self.token = REQUEST_ID.set(self.rid)
         self.start = time.perf_counter()
         self.code = grpc.StatusCode.OK
@@ -172,7 +181,7 @@ class RpcRecorder:
 
     def close(self) -> None:
         elapsed = time.perf_counter() - self.start
-        self.metrics.requests.labels(self.method, self.code.name).inc()
+        self.metrics.requests.labels(self.method, self.code.name, self.transport).inc()
         self.metrics.request_seconds.labels(self.method).observe(elapsed)
         parts = [f"{k}={v}" for k, v in self.fields.items()]
         if self.texts is not None:

@@ -39,8 +39,12 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.requests = Counter("nerve_requests_total", "RPCs finished, by method and status code.",
-                                ["method", "code"], registry=r)
+        self.requests = Counter("nerve_requests_total",
+                                "RPCs finished, by method, status code and transport (grpc, or http through the "
+                                "HTTP/JSON gateway).", ["method", "code", "transport"], registry=r)
+        self.http_responses = Counter("nerve_http_responses_total",
+                                      "Answers of the HTTP/JSON gateway, by route and HTTP status.",
+                                      ["route", "status"], registry=r)
         self.request_seconds = Histogram("nerve_request_seconds", "End-to-end RPC latency.", ["method"],
                                          buckets=_LATENCY_BUCKETS, registry=r)
         self.queue_seconds = Histogram("nerve_queue_seconds", "Time a text waited in the engine before scheduling.",

@@ -44,9 +44,11 @@ from nerve.extraction import Limits, load_card, open_extractor
 from nerve.models import Merge
 
 from .config import ServeConfig
-from .errors import decoding
+from .errors import decoding, transport_of
+from .http import Gateway, gateway_ssl_context
 from .metrics import Metrics
 from .servicer import NerveServicer, ServerState
+from .tracing import Tracing, open_tracing
 
 log = logging.getLogger("nerve.server")
 
@@ -85,7 +87,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         metrics = self._metrics
 
         async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
-            metrics.requests.labels(method, "UNAUTHENTICATED").inc()
+            metrics.requests.labels(method, "UNAUTHENTICATED", transport_of(context.invocation_metadata())).inc()
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
 
         async def deny_stream(request: Any, context: grpc.aio.ServicerContext):
@@ -236,10 +238,15 @@ class NerveServer:
         self.engine: Engine | None = None
         self.port: int | None = None
         self.servicer: NerveServicer | None = None
+        self.http: Gateway | None = None
+        """The HTTP/JSON gateway when ``http_port`` is set."""
+        self.http_port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._stopped = asyncio.Event()
         self._load_task: asyncio.Task | None = None
         self._watchdog: asyncio.Task | None = None
+        self.tracing: Tracing | None = None
+        """The tracing interceptor when ``tracing`` is on."""
 
     async def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
@@ -256,6 +263,9 @@ class NerveServer:
         interceptors: list[grpc.aio.ServerInterceptor] = [StreamLimit(cfg.max_watch_streams)]
         if cfg.auth_token:
             interceptors.append(AuthInterceptor(cfg.auth_token, self.metrics))
+        self.tracing = open_tracing(cfg.tracing)  # None when off (OpenTelemetry is then never imported)
+        if self.tracing is not None:
+            interceptors.insert(0, self.tracing)  # outermost: calls the others refuse are traced too
         server = grpc.aio.server(options=server_options(cfg), interceptors=interceptors)
         self.servicer = NerveServicer(cfg, self.state, self.metrics)
         add_nerve_service(self.servicer, server)
@@ -266,9 +276,15 @@ class NerveServer:
             self.port = server.add_secure_port(address, server_credentials(cfg))
         else:
             self.port = server.add_insecure_port(address)
+        if cfg.http_port:
+            self.http = http_gateway(cfg, self.metrics)
+            server.add_insecure_port(self.http.grpc_address)  # a private Unix socket, for the gateway only
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.start()
         self._server = server
+        if self.http is not None:
+            self.http_port = await self.http.start(cfg.max_message_bytes)
+            log.info("HTTP/JSON gateway on %s://%s:%s", "https" if cfg.tls_cert else "http", cfg.host, self.http_port)
         self.metrics.ready.set(0)
         log.info("listening on %s:%s (tls=%s, client certificates=%s, auth=%s)", cfg.host, self.port,
                  bool(cfg.tls_cert), bool(cfg.tls_client_ca), bool(cfg.auth_token))
@@ -375,13 +391,24 @@ class NerveServer:
             await asyncio.wait(late, timeout=1)
         if stopping is not None:
             await stopping
+        if self.http is not None:
+            await self.http.close()
         if self.engine is not None:
             self.engine.close()
+        if self.tracing is not None:
+            await self.tracing.close()  # export the spans still buffered
         log.info("stopped")
         self._stopped.set()
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+
+def http_gateway(cfg: ServeConfig, metrics: Metrics) -> Gateway:
+    """The HTTP/JSON gateway of ``cfg``: on ``host:http_port``, with the gRPC port's TLS settings."""
+    context = gateway_ssl_context(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) if cfg.tls_cert and cfg.tls_key else None
+    return Gateway(host=cfg.host, port=cfg.http_port, max_body_bytes=cfg.max_message_bytes, metrics=metrics,
+                   ssl_context=context)
 
 
 async def serve(cfg: ServeConfig, *, merge: Merge | None = None) -> int:

@@ -210,15 +210,14 @@ def test_gpu_overlay_requests_one_4090(rendered) -> None:
     assert "initContainers" not in spec, "GPU pods read a pre-populated PVC"
 
 
-def test_gpu_overlay_scales_on_queued_requests(rendered) -> None:
+def test_gpu_overlay_scales_on_the_engines_waiting_requests(rendered) -> None:
     hpa = one(rendered["gpu-4090"], "HorizontalPodAutoscaler")
     [metric] = hpa["spec"]["metrics"]
     assert metric["type"] == "Pods"
-    assert metric["pods"]["metric"]["name"] == "nerve_queued_requests"
-    assert metric["pods"]["target"]["type"] == "AverageValue"
-    # the metric name must be the one the server exports and the one docs/deploy.md's adapter rule serves
-    docs = (REPO_ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
-    assert 'seriesQuery: \'nerve_queued_requests{namespace!="",pod!=""}\'' in docs
+    # vllm:num_requests_waiting as prometheus-adapter serves it (tests/deploy/test_observability.py checks the
+    # rule in docs/deploy.md and that the server exports the series)
+    assert metric["pods"]["metric"]["name"] == "vllm_num_requests_waiting"
+    assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "32"}
 
 
 def test_cpu_overlay_scales_on_cpu_and_pulls_the_model(rendered) -> None:

@@ -180,7 +180,7 @@ def test_calls_still_running_when_the_grace_period_ends_get_unavailable(start_se
     assert codes(futures) == {grpc.StatusCode.UNAVAILABLE}
     assert all("grace period" in f.details() for f in futures)
     assert r.server.metrics.drain_cancelled._value.get() == 3
-    assert r.server.metrics.requests.labels("Extract", "UNAVAILABLE")._value.get() == 3
+    assert r.server.metrics.requests.labels("Extract", "UNAVAILABLE", "grpc")._value.get() == 3
 
 
 def test_a_failed_engine_makes_every_call_unavailable(start_server) -> None:

@@ -90,7 +90,7 @@ def requests_counted(r: Running, method: str, code: str, expected: float) -> flo
     """The count of ``nerve_requests_total{method, code}`` once it reaches ``expected`` (it is recorded just after
     the status is sent), or after 2 s."""
     deadline = time.monotonic() + 2
-    while (n := r.server.metrics.requests.labels(method, code)._value.get()) < expected and time.monotonic() < deadline:
+    while (n := r.server.metrics.requests.labels(method, code, "grpc")._value.get()) < expected and time.monotonic() < deadline:
         time.sleep(0.01)
     return n
 

@@ -77,7 +77,7 @@ def test_serve_real_model_then_drain_on_sigterm(smollm_dir: Path, tmp_path: Path
         assert report.examples == 1 and report.parse_rate == 1.0
 
         scrape = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
-        assert 'nerve_requests_total{code="OK",method="Extract"} 1.0' in scrape
+        assert 'nerve_requests_total{code="OK",method="Extract",transport="grpc"} 1.0' in scrape
         assert "nerve_ready 1.0" in scrape
         assert f'dtype="{auto.dtype}"' in scrape  # nerve_model_info carries the dtype
 

@@ -358,7 +358,7 @@ def test_internal_errors_are_generic(start_server) -> None:
 def test_deadline_expiry(start_server) -> None:
     r = start_server(constrained=False)  # unconstrained random model: long generations
     assert code_of(r.stub.Extract, spb.ExtractRequest(text="a" * 300), timeout=0.3) == grpc.StatusCode.DEADLINE_EXCEEDED
-    counts = r.server.metrics.requests.labels("Extract", "DEADLINE_EXCEEDED")
+    counts = r.server.metrics.requests.labels("Extract", "DEADLINE_EXCEEDED", "grpc")
     for _ in range(50):
         if counts._value.get() >= 1:
             break
@@ -416,8 +416,8 @@ def test_metrics_families_after_traffic(start_server) -> None:
                    "nerve_parse_failures_total", "nerve_grammar_schemas_total", "nerve_grammar_first_use_seconds",
                    "nerve_model_info", "nerve_ready"]:
         assert f"# TYPE {family.removesuffix('_total')}" in text, family
-    assert 'nerve_requests_total{code="OK",method="Extract"} 1.0' in text
-    assert 'nerve_requests_total{code="INVALID_ARGUMENT",method="Extract"} 1.0' in text
+    assert 'nerve_requests_total{code="OK",method="Extract",transport="grpc"} 1.0' in text
+    assert 'nerve_requests_total{code="INVALID_ARGUMENT",method="Extract",transport="grpc"} 1.0' in text
     assert "nerve_parse_failures_total 0.0" in text
 
 
