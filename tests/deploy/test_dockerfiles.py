@@ -80,7 +80,7 @@ def test_runs_as_numeric_non_root_user(flavour: str) -> None:
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_exposes_grpc_and_metrics_ports(flavour: str) -> None:
     exposed = {p.split("/")[0] for v in stages(flavour)[-1].values("EXPOSE") for p in v.split()}
-    assert exposed == {"50051", "9400"}
+    assert exposed == {"50051", "8000", "9400"}
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)

@@ -114,16 +114,18 @@ def test_ports_match_the_config(rendered, overlay: str) -> None:
     cfg, c = config(objs), server(objs)
     assert port(c, "grpc") == cfg["port"] == 50051
     assert port(c, "metrics") == cfg["metrics_port"] == 9400
+    assert port(c, "http") == cfg["http_port"] == 8000
     svc = one(objs, "Service", "nerve")
     by_name = {p["name"]: p for p in svc["spec"]["ports"]}
     assert by_name["grpc"]["port"] == cfg["port"] and by_name["grpc"]["appProtocol"] == "grpc"
     assert by_name["metrics"]["port"] == cfg["metrics_port"]
+    assert by_name["http"]["port"] == cfg["http_port"] and by_name["http"]["targetPort"] == "http"
     headless = one(objs, "Service", "nerve-headless")
     assert headless["spec"]["clusterIP"] == "None"
     assert [p["name"] for p in headless["spec"]["ports"]] == ["grpc"]
     netpol = one(objs, "NetworkPolicy")
     allowed = sorted(p["port"] for rule in netpol["spec"]["ingress"] for p in rule["ports"])
-    assert allowed == sorted([cfg["port"], cfg["metrics_port"]])
+    assert allowed == sorted([cfg["port"], cfg["http_port"], cfg["metrics_port"]])
     metrics_rule = next(r for r in netpol["spec"]["ingress"] if r["ports"][0]["port"] == cfg["metrics_port"])
     assert metrics_rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
     sm = one(objs, "ServiceMonitor")
