@@ -7,7 +7,7 @@ STAMP := $(VENV)/.nerve-installed
 EXTRAS ?= cpu,tune,dev
 PYTEST_ARGS ?=
 
-.PHONY: help venv models serve demo test lint proto proto-check kubectl promtool node deploy-validate loadtest bench clean
+.PHONY: help venv models serve demo test lint proto proto-check kubectl promtool node chromium deploy-validate loadtest bench clean
 
 help:
 	@echo "make serve   set up .venv, pull the default model, serve gRPC on 127.0.0.1:50051 and HTTP/JSON on :8000"
@@ -73,6 +73,12 @@ node:
 	{ command -v node && command -v npm; } >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; } \
 		|| echo "node and npm could not be installed: the Node.js client test is skipped"
 
+# Chromium and its WebDriver (Debian's chromium and chromium-driver) render nerve eval's HTML page in
+# tests/nerve/test_eval_page.py (screenshot, console errors); best effort: without them that test is skipped.
+chromium:
+	{ command -v chromium && command -v chromedriver; } >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; } \
+		|| echo "chromium and chromedriver could not be installed: the browser check of the eval page is skipped"
+
 deploy-validate: venv kubectl
 	$(BIN)/python deploy/validate.py
 
@@ -85,7 +91,7 @@ bench: models
 	$(BIN)/python bench/bench_service.py
 	$(BIN)/python bench/bench_capacity.py
 
-test: models kubectl promtool node lint proto-check
+test: models kubectl promtool node chromium lint proto-check
 	$(BIN)/python -m pytest -q --timeout 1200 $(PYTEST_ARGS)
 
 clean:

@@ -1,4 +1,4 @@
-"""Evaluation reports: JSON, Markdown and a per-type F1 bar chart."""
+"""Evaluation reports: JSON, Markdown, a per-type F1 bar chart and, with an error analysis, a confusion matrix."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from nerve.ner.errors_analysis import ErrorAnalysis
 from nerve.ner.scoring import ScoreReport
 
 
@@ -60,18 +61,55 @@ def plot_f1(report: ScoreReport, path: Path, title: str) -> Path:
     return path
 
 
+def plot_confusion(analysis: ErrorAnalysis, path: Path, title: str) -> Path:
+    """A heat map of the confusion matrix of types (rows gold, columns predicted, ``(none)`` for missed and
+    spurious entities), each cell with its count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, matrix = analysis.labels, analysis.matrix()
+    n = len(labels)
+    peak = max((v for row in matrix for v in row), default=0)
+    side = 0.55 * n + 2.4
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=max(peak, 1))
+    for i, row in enumerate(matrix):
+        for j, v in enumerate(row):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=8,
+                    color="white" if v > peak / 2 else ("#999999" if not v else "black"))
+    ax.set_xticks(range(n), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n), labels, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_report(report: ScoreReport, out_dir: Path, *, name: str, meta: dict[str, Any],
-                 latencies: list[float] | None = None) -> dict[str, Path]:
-    """Write ``NAME.json``, ``NAME.md`` and ``NAME.png`` into ``out_dir``."""
+                 latencies: list[float] | None = None, errors: ErrorAnalysis | None = None) -> dict[str, Path]:
+    """Write ``NAME.json``, ``NAME.md`` and ``NAME.png`` into ``out_dir``; with ``errors``, also its counts and
+    confusion matrix in the JSON (``errors``) and the Markdown, and ``NAME.confusion.png``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     data = {"meta": meta, **report.to_dict()}
     if latencies is not None:
         data["latency_seconds"] = percentiles(latencies)
+    if errors is not None:
+        data["errors"] = errors.to_dict()
     paths = {"json": out_dir / f"{name}.json", "md": out_dir / f"{name}.md", "png": out_dir / f"{name}.png"}
     paths["json"].write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     lines = [f"# Evaluation: {name}", ""]
     lines += [f"- {k}: {v}" for k, v in meta.items()]
     lines += ["", report.to_markdown(), ""]
+    if errors is not None:
+        lines += ["## Errors", "", errors.to_markdown(), ""]
     paths["md"].write_text("\n".join(lines), encoding="utf-8")
     plot_f1(report, paths["png"], f"{name}: per-type F1")
+    if errors is not None:
+        paths["confusion"] = plot_confusion(errors, out_dir / f"{name}.confusion.png", f"{name}: confusion of types")
     return paths

@@ -12,10 +12,19 @@ from types import MappingProxyType
 
 from .errors import DatasetFormatError
 
-ANNOTATION_FIELDS: Mapping[str, str] = MappingProxyType(
-    {"label": "cluener", "entities": "jsonl", "spans": "prodigy"}
+ANNOTATION_FIELDS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "label": ("cluener", "doccano"),
+        "entities": ("jsonl", "doccano"),
+        "spans": ("prodigy",),
+        "data": ("label-studio",),
+        "annotations": ("label-studio",),
+        "predictions": ("label-studio",),
+    }
 )
-"""The field holding the entities of each JSON format, mapped to the format's name."""
+"""The fields that hold the entities of the JSON formats (a Label Studio task holds them under ``annotations``
+and ``predictions``, beside its ``data``), each mapped to the formats that read it. ``label`` and ``entities``
+are read by two formats each, which tell them apart by the shape of the value."""
 
 COMMON_FIELDS = ("id", "text")
 """Fields every JSON format reads: the optional example id and the text."""
@@ -26,8 +35,13 @@ def quoted(names: Iterable[str]) -> str:
 
 
 def describe_annotation_fields() -> str:
-    """``'label' (cluener), 'entities' (jsonl), ...`` for error messages."""
-    return ", ".join(f"{field!r} ({fmt})" for field, fmt in ANNOTATION_FIELDS.items())
+    """``'label' (cluener, doccano), 'entities' (jsonl, doccano), ...`` for error messages."""
+    return ", ".join(f"{field!r} ({', '.join(fmts)})" for field, fmts in ANNOTATION_FIELDS.items())
+
+
+def read_by(field: str) -> str:
+    """``format='prodigy'`` (or ``format='cluener' or 'doccano'``): the formats that read an entity field."""
+    return "format=" + " or ".join(repr(f) for f in ANNOTATION_FIELDS[field])
 
 
 def check_fields(
@@ -40,7 +54,8 @@ def check_fields(
     unknown = [f for f in fields if f not in expected]
     if not unknown:
         return
-    hints = [f"{f!r} is read by format={ANNOTATION_FIELDS[f]!r}" for f in unknown if f in ANNOTATION_FIELDS]
+    hints = [f"{f!r} is read by {read_by(f)}" for f in unknown
+             if f in ANNOTATION_FIELDS and reader not in ANNOTATION_FIELDS[f]]
     raise DatasetFormatError(
         path, line,
         f"unknown field(s) {quoted(unknown)} for the {reader} reader; expected {quoted(expected)}"

@@ -90,10 +90,11 @@ def write_bmes(examples: Iterable[Example], path: str | os.PathLike[str]) -> Non
 
     Raises :class:`ValueError` for an empty text, a text containing a line break, or overlapping entities.
     """
-    write_lines(path, _bmes_lines(examples))
+    write_lines(path, bmes_lines(examples))
 
 
-def _bmes_lines(examples: Iterable[Example]) -> Iterable[str]:
+def bmes_lines(examples: Iterable[Example]) -> Iterator[str]:
+    """The lines :func:`write_bmes` writes."""
     for n, ex in enumerate(examples):
         name = ex.id or n
         if not ex.text:

@@ -104,9 +104,11 @@ def example_to_cluener(example: Example) -> dict:
     return record
 
 
+def cluener_lines(examples: Iterable[Example]) -> Iterator[str]:
+    """The lines :func:`write_cluener` writes."""
+    return (json.dumps(example_to_cluener(ex), ensure_ascii=False, separators=(",", ":")) for ex in examples)
+
+
 def write_cluener(examples: Iterable[Example], path: str | os.PathLike[str]) -> None:
     """Write CLUENER JSON Lines (UTF-8, ``ensure_ascii=False``, compact separators)."""
-    write_lines(
-        path,
-        (json.dumps(example_to_cluener(ex), ensure_ascii=False, separators=(",", ":")) for ex in examples),
-    )
+    write_lines(path, cluener_lines(examples))

@@ -254,11 +254,15 @@ def write_conll(examples: Iterable[Example], path: str | os.PathLike[str], schem
     Raises :class:`ValueError` for an empty text, an entity that does not fall on token boundaries, or
     overlapping entities.
     """
-    scheme = normalize_scheme(scheme)
-    write_lines(path, _conll_lines(examples, scheme))
+    write_lines(path, conll_lines(examples, scheme))
 
 
-def _conll_lines(examples: Iterable[Example], scheme: str) -> Iterable[str]:
+def conll_lines(examples: Iterable[Example], scheme: str = "iob2") -> Iterator[str]:
+    """The lines :func:`write_conll` writes (an unknown scheme raises at once)."""
+    return _conll_lines(examples, normalize_scheme(scheme))
+
+
+def _conll_lines(examples: Iterable[Example], scheme: str) -> Iterator[str]:
     for n, ex in enumerate(examples):
         tokens, offsets = example_tokens(ex)
         if not tokens:

@@ -34,3 +34,17 @@ class NoEntitiesError(DatasetFormatError):
         self.format = format
         found = "no examples" if examples == 0 else f"{examples} example(s), none with an entity"
         super().__init__(path, None, f"{found} (read as {format}); unlabelled data must be allowed explicitly")
+
+
+class MissingDependencyError(DatasetFormatError):
+    """A format whose reader or writer needs an optional package that is not installed (spaCy for DocBin files,
+    Hugging Face ``datasets`` for ``save_to_disk`` folders).
+
+    It is a :class:`DatasetFormatError` of the whole file, so that every command that reports bad data reports
+    this too, with the install command: ``pip install 'nerve[formats]'``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], what: str, package: str) -> None:
+        self.package = package
+        super().__init__(path, None, f"{what} needs the {package} package, which is not installed: "
+                                     "pip install 'nerve[formats]'")

@@ -78,6 +78,11 @@ def record_entity(
     return Entity(start=start, end=end, label=label, text=surface)
 
 
+def jsonl_lines(examples: Iterable[Example]) -> Iterator[str]:
+    """The lines :func:`write_jsonl` writes."""
+    return (json.dumps(ex.to_dict(), ensure_ascii=False) for ex in examples)
+
+
 def write_jsonl(examples: Iterable[Example], path: str | os.PathLike[str]) -> None:
     """Write nerve JSONL (UTF-8, ``ensure_ascii=False``)."""
-    write_lines(path, (json.dumps(ex.to_dict(), ensure_ascii=False) for ex in examples))
+    write_lines(path, jsonl_lines(examples))

@@ -70,6 +70,11 @@ def example_to_prodigy(example: Example) -> dict:
     return record
 
 
+def prodigy_lines(examples: Iterable[Example]) -> Iterator[str]:
+    """The lines :func:`write_prodigy` writes."""
+    return (json.dumps(example_to_prodigy(ex), ensure_ascii=False) for ex in examples)
+
+
 def write_prodigy(examples: Iterable[Example], path: str | os.PathLike[str]) -> None:
     """Write Prodigy/spaCy JSONL (UTF-8, ``ensure_ascii=False``)."""
-    write_lines(path, (json.dumps(example_to_prodigy(ex), ensure_ascii=False) for ex in examples))
+    write_lines(path, prodigy_lines(examples))

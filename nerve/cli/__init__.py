@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from nerve.cli.data import EXTRACT_FORMATS, check_extract_format, convert_cmd, write_extractions
 from nerve.models import DEFAULT_MODEL
 
 app = typer.Typer(help="nerve: named-entity extraction with small LLMs (tune, serve, evaluate).",
@@ -26,7 +27,8 @@ BackendOpt = Annotated[str, typer.Option("--backend", help="Structured-output ba
 MaxLenOpt = Annotated[int, typer.Option("--max-model-len", help="Engine context length.")]
 GroundedOpt = Annotated[bool, typer.Option(
     "--grounded", help="Decode under a per-request grammar that only admits substrings of the input.")]
-FormatOpt = Annotated[str, typer.Option("--format", help="Data format: auto, cluener, conll, bmes, jsonl, prodigy.")]
+FormatOpt = Annotated[str, typer.Option("--format", help=(
+    "Data format: auto, cluener, conll, bmes, jsonl, prodigy, label-studio, doccano, spacy, hf-datasets."))]
 AllowNoEntitiesOpt = Annotated[bool, typer.Option(
     "--allow-no-entities",
     help="Accept gold data in which no example has an entity (otherwise an error: usually the wrong format).")]
@@ -135,10 +137,15 @@ def extract(
     backend: BackendOpt = "xgrammar",
     max_model_len: MaxLenOpt = 8192,
     grounded: GroundedOpt = False,
+    fmt: Annotated[str, typer.Option("--format", help="Output: " + "; ".join(
+        f"{k}: {v}" for k, v in EXTRACT_FORMATS.items()) + ".")] = "json",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write to FILE instead of standard output.")] = None,
 ) -> None:
-    """Extract entities; prints one JSON line per input (entities with label, text, start, end)."""
+    """Extract entities; prints one JSON line per input (entities with label, text, start, end), or with --format
+    the pre-annotations Label Studio, Prodigy or doccano import."""
     from nerve.extraction import InputError, run_with_extractor
 
+    check_extract_format(fmt, raw)
     inputs = _read_inputs(texts or [], file)
     _, card, cfg = _engine_setup(model, task, backend, max_model_len)
     label_list = [x.strip() for x in labels.split(",")] if labels else None
@@ -150,13 +157,7 @@ def extract(
         results = run_with_extractor(body, cfg, card, grounded=grounded)
     except (InputError, ValueError) as exc:
         fail(str(exc))
-    for text, r in zip(inputs, results, strict=True):
-        out = {"text": text, "entities": [e.to_dict() for e in r.entities]}
-        if r.hallucinated:
-            out["hallucinated"] = [{"label": m.label, "text": m.text} for m in r.hallucinated]
-        if raw:
-            out["raw"] = r.raw
-        typer.echo(json.dumps(out, ensure_ascii=False))
+    write_extractions(inputs, results, fmt, out, raw=raw, model_version=model)
 
 
 def _renamed_gold(examples, spec: str):
@@ -182,7 +183,8 @@ def evaluate_cmd(
     fmt: FormatOpt = "auto",
     allow_no_entities: AllowNoEntitiesOpt = False,
     limit: Annotated[int | None, typer.Option(help="Score only the first N examples.")] = None,
-    out: Annotated[Path, typer.Option(help="Folder for the report (JSON, Markdown, PNG).")] = Path("reports"),
+    out: Annotated[Path, typer.Option(help=(
+        "Folder for the report (JSON, Markdown, PNG), the predictions (JSONL) and the HTML page."))] = Path("reports"),
     name: Annotated[str | None, typer.Option(help="Report name (default: model and data file).")] = None,
     backend: BackendOpt = "xgrammar",
     max_model_len: MaxLenOpt = 8192,
@@ -193,11 +195,20 @@ def evaluate_cmd(
     rename: Annotated[str | None, typer.Option(help=(
         "Comma-separated gold label renames OLD=new, e.g. PER=person,LOC=location: score CoNLL tags against "
         "a model that names them in words."))] = None,
+    predictions: Annotated[bool, typer.Option(help=(
+        "Write NAME.predictions.jsonl: per example the gold and predicted entities and their errors."))] = True,
+    html: Annotated[bool, typer.Option(help=(
+        "Write NAME.html: the predictions against gold, marked, and the scores."))] = True,
+    html_examples: Annotated[int, typer.Option(min=0, help=(
+        "Examples on the HTML page at most (those with errors first, in run order)."))] = 500,
 ) -> None:
-    """Score a model on gold data: strict entity P/R/F1 per type, micro/macro, exact match, parse rate."""
+    """Score a model on gold data: strict entity P/R/F1 per type, micro/macro, exact match, parse rate, error
+    categories and a confusion matrix of types; per-example predictions (JSONL) and an HTML page beside them."""
+    from nerve.eval_page import write_page
     from nerve.extraction import InputError, Limits, evaluate_with_progress, run_with_extractor
     from nerve.ner.readers import DatasetFormatError, read_dataset
     from nerve.ner.types import Example
+    from nerve.predictions import EvalSink
     from nerve.reports import write_report
 
     try:
@@ -220,21 +231,33 @@ def evaluate_cmd(
                  "or --rename")
 
     t0 = time.perf_counter()
+    name = name or f"{Path(str(path)).name}-{data.stem}"
+    out.mkdir(parents=True, exist_ok=True)
+    sink = EvalSink(label_list or card.labels.names, page_examples=html_examples if html else 0,
+                    predictions=out / f"{name}.predictions.jsonl" if predictions else None)
 
     async def body(ex):
-        return await evaluate_with_progress(ex, examples, console=err, labels=label_list)
+        return await evaluate_with_progress(
+            ex, examples, console=err, labels=label_list, keep_predictions=False,
+            on_example=lambda i, gold, r: sink.add(i, gold, r.entities, parsed=r.parsed, hallucinated=r.hallucinated))
 
-    try:
-        res = run_with_extractor(body, cfg, card, limits=Limits(max_text_chars=1 << 20), grounded=grounded)
-    except InputError as exc:
-        fail(f"--labels: {exc}")
-    except ValueError as exc:
-        fail(str(exc))
+    with sink:  # the predictions file is kept only when the run succeeds
+        try:
+            res = run_with_extractor(body, cfg, card, limits=Limits(max_text_chars=1 << 20), grounded=grounded)
+        except InputError as exc:
+            fail(f"--labels: {exc}")
+        except ValueError as exc:
+            fail(str(exc))
     wall = time.perf_counter() - t0
-    name = name or f"{Path(str(path)).name}-{data.stem}"
     meta = {"model": str(path), "data": str(data), "examples": len(examples), "task": card.name,
             "backend": backend, "grounded": grounded, "wall_seconds": round(wall, 1)}
-    paths = write_report(res.report, out, name=name, meta=meta, latencies=res.latencies)
+    paths = write_report(res.report, out, name=name, meta=meta, latencies=res.latencies, errors=sink.analysis)
+    if sink.writer is not None:
+        paths["predictions"] = sink.writer.path
+    if html:
+        paths["html"] = write_page(out / f"{name}.html", sink.sample.records(), report=res.report,
+                                   analysis=sink.analysis, title=f"Evaluation: {name}", meta=meta,
+                                   total=sink.sample.seen, total_with_errors=sink.sample.seen_with_errors)
     Console().print(res.report.to_markdown())
     err.print(f"report: {', '.join(str(p) for p in paths.values())}")
 
@@ -312,8 +335,10 @@ def demo(
     Console().print(table)
 
 
-data_app = typer.Typer(help="Inspect NER datasets before tuning.", no_args_is_help=True)
+data_app = typer.Typer(help="Inspect NER datasets before tuning, and convert them between formats.",
+                       no_args_is_help=True)
 app.add_typer(data_app, name="data")
+data_app.command("convert")(convert_cmd)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -32,6 +32,7 @@ class EvaluationResult:
     report: ScoreReport
     latencies: list[float]
     predictions: list[ExtractionResult]
+    """Each example's result, in example order; empty when :func:`evaluate` was told not to keep them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,26 +188,34 @@ async def score_stream(extractor: ExtractorBase, source: AsyncIterable[tuple[Exa
 
 async def evaluate(extractor: ExtractorBase, examples: Sequence[Example], *,
                    on_progress: Callable[[int, int], None] | None = None,
-                   labels: Sequence[str] | LabelSet | None = None, window: int | None = None) -> EvaluationResult:
+                   labels: Sequence[str] | LabelSet | None = None, window: int | None = None,
+                   on_example: Callable[[int, Example, ExtractionResult], None] | None = None,
+                   keep_predictions: bool = True) -> EvaluationResult:
     """Score the extractor on gold examples with the shared scorer (strict span P/R/F1), through
     :func:`score_stream` as the gRPC ``Evaluate`` does.
 
     ``labels`` is the label list every prompt names and the labels scored (default: the card's). Every text is
     prepared (validated) before any is extracted, so a bad one fails the call as a whole. ``window`` bounds
     the extractions in flight (default: all of them; the engine batches and queues them itself).
+    ``on_example`` sees each example's index, gold example and result as it is scored (in completion order), so
+    a caller can stream predictions to a file; an error it raises fails the evaluation. With
+    ``keep_predictions=False`` the results are not kept (:attr:`EvaluationResult.predictions` is empty).
     """
     label_set = extractor.labels_for(labels)
     examples = list(examples)
     prepared = [extractor.prepare(e.text, label_set) for e in examples]
     score = RunningScore(label_set.names)
-    results: list[ExtractionResult] = [None] * len(examples)  # type: ignore[list-item]  # filled by index
+    results: list[ExtractionResult] = [None] * len(examples) if keep_predictions else []  # type: ignore[list-item]
 
     async def source() -> AsyncIterator[tuple[Example, Prepared | None]]:
         for pair in zip(examples, prepared, strict=True):
             yield pair
 
     def keep(i: int, r: ExtractionResult) -> None:
-        results[i] = r
+        if keep_predictions:
+            results[i] = r
+        if on_example is not None:
+            on_example(i, examples[i], r)
 
     shown = 0
     async with contextlib.aclosing(score_stream(extractor, source(), score, window=window or max(1, len(examples)),
@@ -215,11 +224,14 @@ async def evaluate(extractor: ExtractorBase, examples: Sequence[Example], *,
             if on_progress is not None and p.done != shown:
                 shown = p.done
                 on_progress(p.done, len(examples))
-    return EvaluationResult(score.scorer.report(), list(score.latencies), results)  # every slot filled: no error
+    return EvaluationResult(score.scorer.report(), list(score.latencies),  # every slot filled: no error
+                            results if keep_predictions else [])
 
 
 async def evaluate_with_progress(extractor: ExtractorBase, examples: Sequence[Example],
-                                 console: Any = None, labels: Sequence[str] | LabelSet | None = None) -> EvaluationResult:
+                                 console: Any = None, labels: Sequence[str] | LabelSet | None = None,
+                                 on_example: Callable[[int, Example, ExtractionResult], None] | None = None,
+                                 keep_predictions: bool = True) -> EvaluationResult:
     """:func:`evaluate` with a rich progress bar (done / total, elapsed, remaining)."""
     from rich.progress import (
         BarColumn,
@@ -234,7 +246,7 @@ async def evaluate_with_progress(extractor: ExtractorBase, examples: Sequence[Ex
                   TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task("eval", total=len(examples))
         return await evaluate(extractor, examples, on_progress=lambda d, t: bar.update(task, completed=d),
-                              labels=labels)
+                              labels=labels, on_example=on_example, keep_predictions=keep_predictions)
 
 
 @dataclass(slots=True)

@@ -456,7 +456,8 @@ def test_cluener_json_array_and_pretty_printed(tmp_path: Path) -> None:
 
 
 def test_formats_registry(tmp_path: Path) -> None:
-    assert set(FORMATS) == {"cluener", "conll", "bmes", "jsonl", "prodigy"}
+    assert set(FORMATS) == {"cluener", "conll", "bmes", "jsonl", "prodigy", "label-studio", "doccano", "spacy",
+                            "hf-datasets"}
     with pytest.raises(ValueError, match="unknown dataset format 'xml'"):
         read_dataset(_write(tmp_path, "a.jsonl", ""), "xml")
     with pytest.raises(ValueError, match="unknown dataset format"):
@@ -501,7 +502,7 @@ def _error(path: Path, fmt: str = "auto", **opts: object) -> DatasetFormatError:
         ("prodigy_extra.jsonl", '{"text": "a", "spans": [], "_task_hash": 1, "tokens": [], "ents": []}\n', "auto",
          1, "unknown field\\(s\\) 'ents' for the prodigy reader; expected 'id', 'text', 'spans', 'answer'"),
         ("two_kinds.jsonl", '{"text": "a", "entities": [], "spans": []}\n', "auto", 1,
-         "the record has 'entities', 'spans', the entity fields of jsonl and prodigy"),
+         "the record has the entity fields 'entities' \\(jsonl or doccano\\), 'spans' \\(prodigy\\) of different formats"),
         ("span_offsets.jsonl", '{"text": "Paris", "spans": [{"start": 0, "end": 6, "label": "LOC"}]}\n', "prodigy", 1,
          "span 0: span \\[0, 6\\) outside a text of 5"),
         ("span_text.jsonl", '{"text": "Paris", "spans": [{"start": 0, "end": 4, "label": "LOC", "text": "Paris"}]}\n',
@@ -594,8 +595,10 @@ def test_detection_names_the_choices_when_no_reader_fits(tmp_path: Path) -> None
     err = _error(path)
     assert str(err) == (
         f"{path}:2: cannot detect the format: the record has 'tokens', 'ner_tags' but none of the entity fields "
-        "'label' (cluener), 'entities' (jsonl), 'spans' (prodigy); pass the format (one of: cluener, conll, bmes, "
-        "jsonl, prodigy)"
+        "'label' (cluener, doccano), 'entities' (jsonl, doccano), 'spans' (prodigy), 'data' (label-studio), "
+        "'annotations' (label-studio), 'predictions' (label-studio); pass the format (one of: cluener, conll, bmes, "
+        "jsonl, prodigy, label-studio, doccano, spacy, hf-datasets); token and tag lists are read from Hugging Face "
+        "datasets folders (save_to_disk), not from JSON records"
     )
 
 
