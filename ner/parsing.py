@@ -8,6 +8,7 @@ with made-up offsets.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -25,6 +26,8 @@ class Mention:
 
     label: str
     text: str
+    score: float | None = field(default=None, compare=False)
+    """The model's confidence in this mention (:func:`mention_scores`)."""
 
 
 def parse_answer(raw: str, labels: Iterable[str] | None = None, answer_format: str = ANSWER_OBJECTS) -> list[Mention]:
@@ -65,6 +68,56 @@ def parse_answer(raw: str, labels: Iterable[str] | None = None, answer_format: s
             raise AnswerParseError(f"entity {i} has empty text")
         mentions.append(Mention(label, text))
     return mentions
+
+
+def mention_spans(raw: str, answer_format: str = ANSWER_OBJECTS) -> list[tuple[int, int]]:
+    """The character span of each entity in a parsed answer ``raw``: from the ``[`` or ``{`` that opens the
+    entity to just past the bracket that closes it, in the order :func:`parse_answer` returns the mentions."""
+    depth_of_entity = 2 if answer_format == ANSWER_PAIRS else 3  # [[...]] or {"entities":[{...}]}
+    spans: list[tuple[int, int]] = []
+    depth, in_string, escaped, start = 0, False, False, 0
+    for i, ch in enumerate(raw):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth == depth_of_entity:
+                start = i
+        elif ch in "]}":
+            if depth == depth_of_entity:
+                spans.append((start, i + 1))
+            depth -= 1
+    return spans
+
+
+def mention_scores(raw: str, answer_format: str, token_logprobs: Sequence[float],
+                   token_ends: Sequence[int]) -> list[float]:
+    """Each entity's score: the probability with which the model wrote it, ``exp`` of the summed
+    log-probabilities of the tokens that overlap the entity's span in the answer (:func:`mention_spans`).
+
+    Under constrained decoding the log-probabilities are those of the distribution sampled from, after the
+    schema's mask: a token the schema forces costs nothing, and the score is the chance of this label and this
+    text at this point of the answer, given the entities before it. A token across two entities (``"],["``)
+    counts for both. Scores are in (0, 1].
+    """
+    spans = mention_spans(raw, answer_format)
+    scores = []
+    starts = [0, *token_ends[:-1]]
+    for s, e in spans:
+        total = 0.0
+        for lp, t0, t1 in zip(token_logprobs, starts, token_ends, strict=True):
+            # a token that ends inside a character (t1 == t0) belongs to that character
+            if t0 < e and max(t1, t0 + 1) > s:
+                total += lp
+        scores.append(math.exp(min(total, 0.0)))
+    return scores
 
 
 @dataclass(slots=True)
@@ -113,7 +166,7 @@ def ground(text: str, mentions: Sequence[Mention]) -> Grounding:
         after = [s for s in free if s >= cursor]
         start = after[0] if after else free[0]
         used.add((start, start + len(m.text), m.label))
-        result.entities.append(Entity(start=start, end=start + len(m.text), label=m.label, text=m.text))
+        result.entities.append(Entity(start=start, end=start + len(m.text), label=m.label, text=m.text, score=m.score))
         cursor = start
     result.entities.sort()
     return result

@@ -12,6 +12,12 @@ mentions that could not be found in the text, over those plus the grounded predi
 the labels of the hallucinated mentions, each also counts as a false positive of its label (a wrong prediction
 is wrong whether or not it can be placed in the text) and the example is not an exact match; a bare count only
 enters the hallucination rate.
+
+When predictions carry confidence scores (:attr:`Entity.score`), the report also has a precision/recall curve
+over a score threshold (:attr:`ScoreReport.curve`): at threshold ``t`` only predictions scored ``>= t`` count
+(hallucinated mentions included, with their scores, as false positives), recall keeps all gold entities as its
+denominator. Scores are kept in :data:`SCORE_BINS` bins, so memory does not grow with the examples; a
+duplicate prediction counts with its highest score. The curve is empty when any prediction has no score.
 """
 
 from __future__ import annotations
@@ -23,7 +29,12 @@ from typing import Any
 
 from .types import Entity
 
-__all__ = ["LabelScore", "ScoreReport", "Scorer", "score"]
+__all__ = ["CURVE_THRESHOLDS", "LabelScore", "SCORE_BINS", "ScoreReport", "Scorer", "ThresholdPoint", "score"]
+
+SCORE_BINS = 1000
+"""Resolution of the score histogram behind the threshold curve (bins of width 1/1000 on [0, 1])."""
+CURVE_THRESHOLDS: tuple[float, ...] = tuple(i / 100 for i in range(100))
+"""Thresholds of :attr:`ScoreReport.curve`: 0.00, 0.01, ..., 0.99."""
 
 
 def _ratio(num: float, den: float) -> float:
@@ -76,6 +87,25 @@ def _macro(scores: Iterable[LabelScore]) -> LabelScore:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ThresholdPoint:
+    """Micro precision, recall and F1 counting only predictions scored at least ``threshold``."""
+
+    threshold: float
+    precision: float
+    recall: float
+    f1: float
+    predicted: int
+    """Predictions kept at this threshold (grounded and hallucinated)."""
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def _bin(score: float) -> int:
+    return min(SCORE_BINS - 1, max(0, int(score * SCORE_BINS)))
+
+
 @dataclass(frozen=True)
 class ScoreReport:
     """Scores of a run (see the module docstring for the definitions)."""
@@ -101,6 +131,13 @@ class ScoreReport:
     """Raw predictions as reported to :meth:`Scorer.add` (default: grounded + hallucinated, duplicates kept)."""
     unknown_labels: tuple[str, ...] = field(default=())
     """Labels seen in gold or predictions that are not in the scorer's fixed label list."""
+    curve: tuple[ThresholdPoint, ...] = field(default=())
+    """Precision/recall over the score threshold, at :data:`CURVE_THRESHOLDS` (see the module docstring)."""
+
+    def at_threshold(self, threshold: float) -> ThresholdPoint | None:
+        """The curve's point with the highest threshold ``<= threshold`` (``None`` without a curve)."""
+        points = [p for p in self.curve if p.threshold <= threshold + 1e-12]
+        return points[-1] if points else None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of the report."""
@@ -119,6 +156,7 @@ class ScoreReport:
             "hallucinated": self.hallucinated,
             "predicted_raw": self.predicted_raw,
             "unknown_labels": list(self.unknown_labels),
+            "curve": [p.to_dict() for p in self.curve],
         }
 
     def to_markdown(self, digits: int = 4) -> str:
@@ -145,6 +183,10 @@ class ScoreReport:
         ]
         if self.unknown_labels:
             lines.append(f"- labels outside the label set: {', '.join(self.unknown_labels)}")
+        if self.curve:
+            best = max(self.curve, key=lambda p: (p.f1, -p.threshold))
+            lines.append(f"- best score threshold: {best.threshold:.2f} (micro P {best.precision:.{digits}f}, "
+                         f"R {best.recall:.{digits}f}, F1 {best.f1:.{digits}f})")
         return "\n".join(lines) + "\n"
 
 
@@ -166,6 +208,9 @@ class Scorer:
         self._hallucinated = 0
         self._hallucinated_fp = 0
         self._predicted_raw = 0
+        self._tp_bins = [0] * SCORE_BINS
+        self._fp_bins = [0] * SCORE_BINS
+        self._unscored = 0
 
     def __len__(self) -> int:
         return self._examples
@@ -178,13 +223,16 @@ class Scorer:
         parsed: bool = True,
         hallucinated: int | Sequence[str] = 0,
         predicted_raw: int | None = None,
+        hallucinated_scores: Sequence[float | None] | None = None,
     ) -> None:
         """Score one example.
 
         ``parsed``: whether the model's answer parsed (pass an empty ``pred`` when it did not);
         ``hallucinated``: predicted mentions dropped because their text is not in the input, as a count or as
         their labels (labels also count as false positives, see the module docstring);
-        ``predicted_raw``: raw prediction count before grounding and de-duplication (for the report only).
+        ``predicted_raw``: raw prediction count before grounding and de-duplication (for the report only);
+        ``hallucinated_scores``: the scores of the hallucinated mentions, in the order of their labels (for the
+        threshold curve; without them the curve is left out when there are hallucinated labels).
         """
         hallucinated_labels: Sequence[str] = ()
         if not isinstance(hallucinated, int):
@@ -205,11 +253,43 @@ class Scorer:
         for label in hallucinated_labels:
             self._fp[label] += 1
         self._hallucinated_fp += len(hallucinated_labels)
+        self._add_scores(pred, gold_keys, hallucinated_labels, hallucinated_scores)
         self._examples += 1
         self._parsed += bool(parsed)
         self._exact += gold_keys == pred_keys and not hallucinated_labels
         self._hallucinated += hallucinated
         self._predicted_raw += len(pred) + hallucinated if predicted_raw is None else predicted_raw
+
+    def _add_scores(self, pred: Sequence[Entity], gold_keys: set, hallucinated_labels: Sequence[str],
+                    hallucinated_scores: Sequence[float | None] | None) -> None:
+        best: dict[tuple[int, int, str], float] = {}
+        for e in pred:
+            if e.score is None:
+                self._unscored += 1
+            else:
+                best[e.key] = max(e.score, best.get(e.key, 0.0))
+        for key, s in best.items():
+            (self._tp_bins if key in gold_keys else self._fp_bins)[_bin(s)] += 1
+        if hallucinated_labels:
+            if hallucinated_scores is None or len(hallucinated_scores) != len(hallucinated_labels):
+                self._unscored += len(hallucinated_labels)
+                return
+            for s in hallucinated_scores:
+                if s is None:
+                    self._unscored += 1
+                else:
+                    self._fp_bins[_bin(s)] += 1
+
+    def _curve(self, gold: int) -> tuple[ThresholdPoint, ...]:
+        if self._unscored or not (any(self._tp_bins) or any(self._fp_bins)):
+            return ()
+        points = []
+        for t in CURVE_THRESHOLDS:
+            first = round(t * SCORE_BINS)
+            tp, fp = sum(self._tp_bins[first:]), sum(self._fp_bins[first:])
+            p, r = _ratio(tp, tp + fp), _ratio(tp, gold)
+            points.append(ThresholdPoint(threshold=t, precision=p, recall=r, f1=_f1(p, r), predicted=tp + fp))
+        return tuple(points)
 
     def _label_order(self) -> tuple[list[str], tuple[str, ...]]:
         seen = set(self._tp) | set(self._fp) | set(self._fn)
@@ -239,6 +319,7 @@ class Scorer:
             hallucinated=self._hallucinated,
             predicted_raw=self._predicted_raw,
             unknown_labels=unknown,
+            curve=self._curve(tp + fn),
         )
 
 

@@ -18,6 +18,9 @@ class Entity:
     end: int
     label: str
     text: str
+    score: float | None = field(default=None, compare=False)
+    """The model's confidence in this entity, in (0, 1], where the engine gives one (not part of its identity:
+    equal entities with other scores are equal). See :func:`nerve.ner.parsing.mention_scores`."""
 
     def __post_init__(self) -> None:
         if self.start < 0 or self.end <= self.start:
@@ -34,7 +37,11 @@ class Entity:
         return (self.start, self.end, self.label)
 
     def to_dict(self) -> dict:
-        return {"label": self.label, "text": self.text, "start": self.start, "end": self.end}
+        """``label``, ``text``, ``start``, ``end``, and ``score`` when there is one."""
+        d: dict = {"label": self.label, "text": self.text, "start": self.start, "end": self.end}
+        if self.score is not None:
+            d["score"] = self.score
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Entity:

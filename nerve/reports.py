@@ -91,10 +91,45 @@ def plot_confusion(analysis: ErrorAnalysis, path: Path, title: str) -> Path:
     return path
 
 
+def plot_threshold_curve(report: ScoreReport, path: Path, title: str) -> Path:
+    """Precision and recall against the entity-score threshold, and the precision/recall curve beside it,
+    with the threshold of the best F1 marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = report.curve
+    t = [p.threshold for p in pts]
+    best = max(pts, key=lambda p: (p.f1, -p.threshold))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(t, [p.precision for p in pts], color="#4C72B0", label="precision")
+    left.plot(t, [p.recall for p in pts], color="#C44E52", label="recall")
+    left.plot(t, [p.f1 for p in pts], color="#55A868", ls="--", label="F1")
+    left.axvline(best.threshold, color="#999999", ls=":", label=f"best F1 {best.f1:.3f} at {best.threshold:.2f}")
+    left.set_xlim(0, 1)
+    left.set_ylim(0, 1.02)
+    left.set_xlabel("min score")
+    left.legend(loc="lower left", fontsize=8)
+    right.plot([p.recall for p in pts], [p.precision for p in pts], color="#4C72B0", marker=".", ms=3)
+    right.scatter([best.recall], [best.precision], color="#55A868", zorder=3, label=f"min score {best.threshold:.2f}")
+    right.set_xlim(0, 1.02)
+    right.set_ylim(0, 1.02)
+    right.set_xlabel("recall")
+    right.set_ylabel("precision")
+    right.legend(loc="lower left", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_report(report: ScoreReport, out_dir: Path, *, name: str, meta: dict[str, Any],
                  latencies: list[float] | None = None, errors: ErrorAnalysis | None = None) -> dict[str, Path]:
     """Write ``NAME.json``, ``NAME.md`` and ``NAME.png`` into ``out_dir``; with ``errors``, also its counts and
-    confusion matrix in the JSON (``errors``) and the Markdown, and ``NAME.confusion.png``."""
+    confusion matrix in the JSON (``errors``) and the Markdown, and ``NAME.confusion.png``; when the predictions
+    had scores, ``NAME.threshold.png`` (precision and recall over the score threshold)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     data = {"meta": meta, **report.to_dict()}
     if latencies is not None:
@@ -112,4 +147,7 @@ def write_report(report: ScoreReport, out_dir: Path, *, name: str, meta: dict[st
     plot_f1(report, paths["png"], f"{name}: per-type F1")
     if errors is not None:
         paths["confusion"] = plot_confusion(errors, out_dir / f"{name}.confusion.png", f"{name}: confusion of types")
+    if report.curve:
+        paths["threshold"] = plot_threshold_curve(report, out_dir / f"{name}.threshold.png",
+                                                  f"{name}: precision and recall over the entity score threshold")
     return paths

@@ -66,7 +66,7 @@ def check_offset_unit(unit: int) -> None:
 def entity_pb(e: Entity, text: str = "", unit: int = tpb.OFFSET_UNIT_UNSPECIFIED) -> tpb.Entity:
     """An entity as a message, its offsets into ``text`` in ``unit`` (default: code points, ``text`` unused)."""
     start, end = offsets_in(text, e.start, e.end, unit)
-    return tpb.Entity(label=e.label, text=e.text, start=start, end=end)
+    return tpb.Entity(label=e.label, text=e.text, start=start, end=end, score=e.score)
 
 
 def offsets_in(text: str, start: int, end: int, unit: int) -> tuple[int, int]:
@@ -321,10 +321,20 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
             m.grammar_schemas.labels("reused").inc()
 
     @staticmethod
-    def _result_pb(r: ExtractionResult, return_raw: bool, text: str, unit: int) -> tpb.ExtractResult:
+    def _min_score(value: float, ex: ExtractorBase) -> float:
+        if not 0.0 <= value <= 1.0:  # also NaN
+            raise InputError(f"min_score is {value}; it must be in [0, 1]")
+        if value > 0 and not ex.gives_scores:
+            raise FailedPrecondition("this model gives no entity scores, so min_score cannot apply; leave it 0")
+        return value
+
+    @staticmethod
+    def _result_pb(r: ExtractionResult, return_raw: bool, text: str, unit: int,
+                   min_score: float = 0.0) -> tpb.ExtractResult:
         u = r.usage
+        kept = r.entities if not min_score else [e for e in r.entities if e.score is not None and e.score >= min_score]
         return tpb.ExtractResult(
-            entities=[entity_pb(e, text, unit) for e in r.entities],
+            entities=[entity_pb(e, text, unit) for e in kept],
             usage=tpb.Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
                             queue_seconds=u.queue_seconds, engine_seconds=u.engine_seconds,
                             total_seconds=u.total_seconds, cached_prompt_tokens=u.cached_prompt_tokens),
@@ -349,6 +359,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
             rec.texts = [request.text]
         ex = self._extractor()
         check_offset_unit(request.offset_unit)
+        min_score = self._min_score(request.min_score, ex)
         max_entities = self._max_entities(request.max_entities, ex)
         labels = ex.labels_for(request.labels or None, dict(request.label_descriptions))
         prepared = ex.prepare(request.text, labels, max_entities)  # validate before queueing
@@ -359,7 +370,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
                                  prepared=prepared)
         self._record(r)
         rec.fields.update(chars=len(request.text), entities=len(r.entities), tokens=r.usage.completion_tokens)
-        res = self._result_pb(r, request.return_raw, request.text, request.offset_unit)
+        res = self._result_pb(r, request.return_raw, request.text, request.offset_unit, min_score)
         return spb.ExtractResponse(entities=res.entities, usage=res.usage, raw=res.raw, hallucinated=res.hallucinated)
 
     @unary("ExtractBatch")
@@ -377,6 +388,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
         if size > self.cfg.max_batch_bytes:
             raise InputError(f"{size} bytes of text; the limit is {self.cfg.max_batch_bytes} per call")
         check_offset_unit(request.offset_unit)
+        min_score = self._min_score(request.min_score, ex)
         max_entities = self._max_entities(request.max_entities, ex)
         labels = ex.labels_for(request.labels or None, dict(request.label_descriptions))
         prepared = []
@@ -392,7 +404,7 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
         for r in results:
             self._record(r)
         rec.fields.update(texts=len(texts), entities=sum(len(r.entities) for r in results))
-        return spb.ExtractBatchResponse(results=[self._result_pb(r, request.return_raw, t, request.offset_unit)
+        return spb.ExtractBatchResponse(results=[self._result_pb(r, request.return_raw, t, request.offset_unit, min_score)
                                                  for r, t in zip(results, texts, strict=True)])
 
     @unary("GetModelInfo")
@@ -640,4 +652,6 @@ class NerveServicer(service_pb2_grpc.NerveServiceServicer):
             errors=errors, errors_omitted=score.mistakes_left_out, gold=rep.gold, predicted=rep.predicted,
             hallucinated=rep.hallucinated, unknown_labels=list(rep.unknown_labels), elapsed_seconds=elapsed,
             prompt_tokens=score.prompt_tokens, completion_tokens=score.completion_tokens, ignored_gold=ignored,
+            threshold_curve=[tpb.ThresholdPoint(threshold=p.threshold, precision=p.precision, recall=p.recall, f1=p.f1,
+                                                predicted=p.predicted) for p in rep.curve],
         )

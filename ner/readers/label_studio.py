@@ -277,7 +277,9 @@ def example_to_task(
     text_key: str = "text", model_version: str = "nerve", score: float | None = None,
 ) -> dict:
     """The Label Studio task of an example: its text (and id) in ``data``, its entities as one annotation or
-    one prediction (``kind``). Region ids are ``<index>-<entity index>``, unique in a file of tasks."""
+    one prediction (``kind``). Region ids are ``<index>-<entity index>``, unique in a file of tasks. A
+    prediction's regions carry their entity's ``score``, and without ``score`` the prediction's is the lowest
+    of them (when every entity has one)."""
     if kind not in KINDS:
         raise ValueError(f"unknown Label Studio task kind {kind!r} (expected one of: {', '.join(KINDS)})")
     data: dict[str, Any] = {text_key: example.text}
@@ -290,7 +292,13 @@ def example_to_task(
     ]
     if kind == "annotations":
         return {"data": data, "annotations": [{"result": result}]}
+    scores = [e.score for e in example.entities]
+    for region, s in zip(result, scores, strict=True):
+        if s is not None:  # a region's own confidence, which Label Studio shows beside it
+            region["score"] = float(s)
     prediction: dict[str, Any] = {"model_version": model_version, "result": result}
+    if score is None and scores and all(s is not None for s in scores):
+        score = min(scores)  # the task's confidence: its least sure entity (Label Studio sorts tasks by it)
     if score is not None:
         prediction["score"] = float(score)
     return {"data": data, "predictions": [prediction]}

@@ -140,9 +140,13 @@ def extract(
     fmt: Annotated[str, typer.Option("--format", help="Output: " + "; ".join(
         f"{k}: {v}" for k, v in EXTRACT_FORMATS.items()) + ".")] = "json",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write to FILE instead of standard output.")] = None,
+    min_score: Annotated[float, typer.Option(min=0.0, max=1.0, help=(
+        "Leave out entities whose score (the model's confidence, 0-1) is below this."))] = 0.0,
 ) -> None:
-    """Extract entities; prints one JSON line per input (entities with label, text, start, end), or with --format
-    the pre-annotations Label Studio, Prodigy or doccano import."""
+    """Extract entities; prints one JSON line per input (entities with label, text, start, end, score), or with
+    --format the pre-annotations Label Studio, Prodigy or doccano import."""
+    from dataclasses import replace
+
     from nerve.extraction import InputError, run_with_extractor
 
     check_extract_format(fmt, raw)
@@ -157,6 +161,9 @@ def extract(
         results = run_with_extractor(body, cfg, card, grounded=grounded)
     except (InputError, ValueError) as exc:
         fail(str(exc))
+    if min_score:
+        results = [replace(r, entities=[e for e in r.entities if e.score is not None and e.score >= min_score])
+                   for r in results]
     write_extractions(inputs, results, fmt, out, raw=raw, model_version=model)
 
 

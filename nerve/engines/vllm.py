@@ -16,6 +16,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -89,6 +90,8 @@ class GenerationRequest:
     """EBNF grammar instead of the schema (grounded decoding, :mod:`nerve.ner.grounded`)."""
     ignore_eos: bool = False
     """Generate exactly ``max_tokens`` tokens (benchmarks that compare equal amounts of decoding)."""
+    logprobs: bool = False
+    """Return the log-probability of each generated token (under the schema's mask: what was sampled from)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,41 @@ class GenerationOutput:
     """Time from first scheduling to the last token."""
     cached_prompt_tokens: int = 0
     """Prompt tokens whose KV blocks came from the prefix cache (no prefill needed)."""
+    token_logprobs: tuple[float, ...] | None = None
+    """With ``GenerationRequest.logprobs``: the log-probability of each generated token."""
+    token_ends: tuple[int, ...] | None = None
+    """With ``GenerationRequest.logprobs``: where each generated token ends in ``text``, in characters."""
+
+
+def token_logprobs(token_ids: Sequence[int], logprobs: Sequence[Any] | None, text: str,
+                   tokenizer: Any) -> tuple[tuple[float, ...], tuple[int, ...]] | None:
+    """The sampled tokens' log-probabilities (vLLM's per-position dicts, ``logprobs=0``) and where each token
+    ends in ``text``, in characters; ``None`` when vLLM returned no log-probability for some token.
+
+    Token ends come from decoding each token after a few tokens of context (as incremental detokenizers do, so
+    that tokenizers which drop a word's leading space at the start of a decode still place it): a character
+    split over several byte-level tokens ends with its last token (until then the piece decodes to U+FFFD).
+    """
+    if logprobs is None or len(logprobs) != len(token_ids):
+        return None
+    try:
+        values = tuple(float(step[tid].logprob) for tid, step in zip(token_ids, logprobs, strict=True))
+    except (KeyError, TypeError, AttributeError):
+        return None
+    ends: list[int] = []
+    done, since = 0, 0
+    for i in range(len(token_ids)):
+        ctx = max(0, since - 4)
+        before = tokenizer.decode(token_ids[ctx:since], skip_special_tokens=True) if since > ctx else ""
+        full = tokenizer.decode(token_ids[ctx : i + 1], skip_special_tokens=True)
+        piece = full[len(before):] if full.startswith(before) else full
+        if piece.endswith("\ufffd"):
+            ends.append(min(done + len(piece.rstrip("\ufffd")), len(text)))
+            continue
+        done += len(piece)
+        since = i + 1
+        ends.append(min(done, len(text)))
+    return values, tuple(ends)
 
 
 def _prepare_environment(cfg: EngineConfig) -> None:
@@ -253,6 +291,7 @@ class VllmEngine:
             structured_outputs=structured,
             skip_special_tokens=True,
             ignore_eos=request.ignore_eos,
+            logprobs=0 if request.logprobs else None,
         )
         rid = request_id or uuid.uuid4().hex
         rid = f"{rid}-{uuid.uuid4().hex[:8]}"  # unique inside the engine even if clients reuse ids
@@ -287,6 +326,9 @@ class VllmEngine:
             queue = max(0.0, m.scheduled_ts - m.queued_ts)
             first = max(0.0, m.first_token_ts - m.scheduled_ts) if m.first_token_ts else 0.0
             engine_s = max(0.0, m.last_token_ts - m.scheduled_ts) if m.last_token_ts else 0.0
+        scored = None
+        if request.logprobs and self.tokenizer is not None:
+            scored = token_logprobs(completion.token_ids, completion.logprobs, completion.text, self.tokenizer)
         return GenerationOutput(
             text=completion.text,
             prompt_tokens=len(request.prompt_token_ids),
@@ -296,6 +338,8 @@ class VllmEngine:
             first_token_seconds=first,
             engine_seconds=engine_s,
             cached_prompt_tokens=int(getattr(final, "num_cached_tokens", 0) or 0),
+            token_logprobs=scored[0] if scored else None,
+            token_ends=scored[1] if scored else None,
         )
 
     @property

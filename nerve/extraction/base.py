@@ -85,6 +85,8 @@ class ExtractorBase:
     card: TaskCard
     engine: Engine
     limits: Limits
+    gives_scores: bool = False
+    """Whether extracted entities carry :attr:`Entity.score` (see :func:`nerve.ner.parsing.mention_scores`)."""
 
     def labels_for(self, labels: Sequence[str] | LabelSet | None,
                    descriptions: dict[str, str] | None = None) -> LabelSet:

@@ -80,7 +80,8 @@ class RunningScore:
 
     def add(self, index: int, gold: Example, r: ExtractionResult) -> None:
         """Score the ``index``-th example of the run."""
-        self.scorer.add(gold.entities, r.entities, parsed=r.parsed, hallucinated=[m.label for m in r.hallucinated])
+        self.scorer.add(gold.entities, r.entities, parsed=r.parsed, hallucinated=[m.label for m in r.hallucinated],
+                        hallucinated_scores=[m.score for m in r.hallucinated])
         self.latencies.append(r.usage.total_seconds)
         self.prompt_tokens += r.usage.prompt_tokens
         self.completion_tokens += r.usage.completion_tokens

@@ -11,13 +11,13 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from nerve.engines.vllm import GenerationOutput, GenerationRequest, VllmEngine
 from nerve.ner.card import TaskCard
 from nerve.ner.grounded import grounded_grammar
 from nerve.ner.labels import LabelSet
-from nerve.ner.parsing import AnswerParseError, ground, parse_answer
+from nerve.ner.parsing import AnswerParseError, ground, mention_scores, parse_answer
 from nerve.ner.prompts import answer_format, check_chat_template, render_prompt
 from nerve.ner.schema import OutputSpec, output_spec
 
@@ -84,6 +84,7 @@ class Extractor(ExtractorBase):
         self.limits = limits or Limits()
         self.constrained = constrained
         self.grounded = grounded
+        self.gives_scores = constrained or grounded
         self.answer_format = answer_format(card)
         self._schemas_seen: OrderedDict[str, None] = OrderedDict()
         self._schema_budget = SchemaBudget(self.limits.new_schemas_per_minute)
@@ -107,11 +108,12 @@ class Extractor(ExtractorBase):
             grammar, max_tokens = grounded_grammar(text, label_set, self.card.bounds, max_entities, self.answer_format)
             # Entity texts here are bounded by the input, not by max_entity_chars: for long inputs the worst case
             # exceeds the context, and the answer gets what is left (it parses unless a model fills it all).
-            return GenerationPrepared(label_set, GenerationRequest(ids, None, min(max_tokens, budget), grammar), None)
+            return GenerationPrepared(label_set, GenerationRequest(ids, None, min(max_tokens, budget), grammar,
+                                                                   logprobs=True), None)
         if not self.constrained:  # no finite language to bound: cap like a plain chat completion would
             return GenerationPrepared(label_set, GenerationRequest(ids, None, min(spec.max_tokens, UNCONSTRAINED_MAX_TOKENS)),
                                       spec)
-        return GenerationPrepared(label_set, GenerationRequest(ids, spec.schema, spec.max_tokens), spec)
+        return GenerationPrepared(label_set, GenerationRequest(ids, spec.schema, spec.max_tokens, logprobs=True), spec)
 
     def finish(self, text: str, prepared: GenerationPrepared, out: GenerationOutput, started: float,
                new_schema: bool = False) -> ExtractionResult:
@@ -122,6 +124,10 @@ class Extractor(ExtractorBase):
         except AnswerParseError:
             return ExtractionResult([], out.text, False, finish_reason=out.finish_reason, usage=usage,
                                     new_schema=new_schema)
+        if out.token_logprobs is not None and out.token_ends is not None:
+            scores = mention_scores(out.text, self.answer_format, out.token_logprobs, out.token_ends)
+            if len(scores) == len(mentions):
+                mentions = [replace(m, score=s) for m, s in zip(mentions, scores, strict=True)]
         g = ground(text, mentions)
         return ExtractionResult(g.entities, out.text, True, g.hallucinated, g.duplicates, out.finish_reason, usage,
                                 new_schema)

@@ -27,12 +27,13 @@ _WORD = re.compile(r"[A-Z]\w+")
 
 
 def toy_extract(text: str, labels: list[str] | None = None) -> list[tpb.Entity]:
-    """Capitalised words, with code point offsets (Python str indices)."""
+    """Capitalised words, with code point offsets (Python str indices); places are scored 0.9, people 0.6."""
     found = []
     for m in _WORD.finditer(text):
         label = "LOC" if m.group() in PLACES else "PER"
         if not labels or label in labels:
-            found.append(tpb.Entity(label=label, text=m.group(), start=m.start(), end=m.end()))
+            found.append(tpb.Entity(label=label, text=m.group(), start=m.start(), end=m.end(),
+                                    score=0.9 if label == "LOC" else 0.6))
     return found
 
 
@@ -97,7 +98,8 @@ class FakeNerve(service_pb2_grpc.NerveServiceServicer):
             while time.monotonic() < end and context.is_active():
                 time.sleep(0.01)
 
-    def _result(self, text: str, labels: list[str], max_entities: int, return_raw: bool) -> tpb.ExtractResult:
+    def _result(self, text: str, labels: list[str], max_entities: int, return_raw: bool,
+                min_score: float = 0.0) -> tpb.ExtractResult:
         if not text:
             raise ValueError("text is empty")
         if len(text) > MAX_TEXT_CHARS:
@@ -108,6 +110,7 @@ class FakeNerve(service_pb2_grpc.NerveServiceServicer):
             entities = entities[:max_entities]
         items = ", ".join(f'{{"label": "{e.label}", "text": "{e.text}"}}' for e in entities)
         raw = f'{{"entities": [{items}]}}'
+        entities = [e for e in entities if e.score >= min_score]
         return tpb.ExtractResult(
             entities=entities,
             usage=tpb.Usage(prompt_tokens=10 + len(text), completion_tokens=3 * len(entities) + 2,
@@ -121,7 +124,8 @@ class FakeNerve(service_pb2_grpc.NerveServiceServicer):
     def Extract(self, request, context):  # noqa: N802 - gRPC method name
         self._enter("Extract", request, context)
         try:
-            r = self._result(request.text, list(request.labels), request.max_entities, request.return_raw)
+            r = self._result(request.text, list(request.labels), request.max_entities, request.return_raw,
+                             request.min_score)
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return pb.ExtractResponse(entities=r.entities, usage=r.usage, raw=r.raw, hallucinated=r.hallucinated)
@@ -131,8 +135,8 @@ class FakeNerve(service_pb2_grpc.NerveServiceServicer):
         if len(request.texts) > 8:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{len(request.texts)} texts; at most 8 per batch")
         try:
-            results = [self._result(t, list(request.labels), request.max_entities, request.return_raw)
-                       for t in request.texts]
+            results = [self._result(t, list(request.labels), request.max_entities, request.return_raw,
+                                    request.min_score) for t in request.texts]
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return pb.ExtractBatchResponse(results=results)

@@ -57,6 +57,24 @@ def test_extract_sends_options_and_returns_raw(fake_server):
     assert result.hallucinated == 1
 
 
+def test_scores_and_min_score_travel_both_ways(fake_server):
+    text = "Ada went to Paris."
+    with Client(fake_server.target) as client:
+        every = client.extract(text)
+        confident = client.extract(text, min_score=0.8)
+        batch = client.extract_batch([text, "Bob"], min_score=0.8)
+        with pytest.raises(ValueError, match="min_score"):
+            client.extract(text, min_score=-0.5)
+        with pytest.raises(ValueError, match="min_score"):
+            client.extract_batch([text], min_score=float("nan"))
+    assert [(e.text, e.score) for e in every.entities] == [("Ada", pytest.approx(0.6)), ("Paris", pytest.approx(0.9))]
+    assert [e.text for e in confident.entities] == ["Paris"] and confident.entities[0].to_dict()["score"] > 0.8
+    assert [[e.text for e in r.entities] for r in batch] == [["Paris"], []]
+    sent = [c.request.min_score for c in fake_server.servicer.calls("Extract")]
+    assert sent == [0.0, pytest.approx(0.8)]  # the bad values never left the client
+    assert fake_server.servicer.calls("ExtractBatch")[0].request.min_score == pytest.approx(0.8)
+
+
 def test_extract_defaults_send_unset_options(fake_server):
     with Client(fake_server.target) as client:
         client.extract("Ada")

@@ -64,7 +64,7 @@ def test_check_fails_after_changing_a_proto(tree_copy):
     protos, out = tree_copy
     proto = protos / "nerve" / "v1" / "types.proto"
     text = proto.read_text(encoding="utf-8")
-    proto.write_text(text.replace("  int32 end = 4;\n}", "  int32 end = 4;\n  float score = 5;\n}", 1),
+    proto.write_text(text.replace("  optional float score = 5;\n}", "  optional float score = 5;\n  bool extra = 6;\n}", 1),
                      encoding="utf-8")
     proc = _check(protos, out)
     assert proc.returncode == 1 and "differs: nerve/v1/types_pb2.py" in proc.stderr

@@ -262,3 +262,39 @@ def test_hallucinated_labels_are_false_positives() -> None:
     assert r.hallucinated == 2 and r.predicted == 1
     assert r.hallucination_rate == pytest.approx(2 / 3)
     assert r.exact_match == 0.0
+
+
+def _scored(start: int, end: int, label: str, s: float | None) -> Entity:
+    return Entity(start, end, label, TEXT[start:end], score=s)
+
+
+def test_threshold_curve_counts_predictions_at_or_above_each_threshold() -> None:
+    from nerve.ner.scoring import CURVE_THRESHOLDS
+
+    gold = [ent(0, 10, "PER"), ent(19, 24, "LOC"), ent(29, 35, "LOC")]
+    pred = [_scored(0, 10, "PER", 0.95), _scored(19, 24, "LOC", 0.42), _scored(41, 50, "ORG", 0.30),
+            _scored(0, 10, "PER", 0.20)]  # a duplicate counts once, with its best score
+    scorer = Scorer(["PER", "LOC", "ORG"])
+    scorer.add(gold, pred, hallucinated=["LOC"], hallucinated_scores=[0.6])
+    rep = scorer.report()
+    assert [p.threshold for p in rep.curve] == list(CURVE_THRESHOLDS)
+    zero = rep.curve[0]
+    assert (zero.precision, zero.recall, zero.predicted) == (rep.micro.precision, rep.micro.recall, 4)
+    at = {p.threshold: p for p in rep.curve}
+    assert (at[0.3].predicted, at[0.31].predicted) == (4, 3)  # the ORG at 0.30 is kept at 0.30, not above
+    assert at[0.5].predicted == 2 and at[0.5].precision == pytest.approx(1 / 2) and at[0.5].recall == pytest.approx(1 / 3)
+    assert at[0.7].precision == 1.0 and at[0.7].recall == pytest.approx(1 / 3)
+    assert rep.at_threshold(0.555) is at[0.55]
+    assert [p.predicted for p in rep.curve] == sorted((p.predicted for p in rep.curve), reverse=True)
+    assert "best score threshold" in rep.to_markdown()
+    assert rep.to_dict()["curve"][0]["predicted"] == 4
+
+
+def test_no_curve_when_any_prediction_has_no_score() -> None:
+    scorer = Scorer()
+    scorer.add([ent(0, 10, "PER")], [_scored(0, 10, "PER", 0.9), _scored(19, 24, "LOC", None)])
+    assert scorer.report().curve == ()
+    unscored_hallucination = Scorer()
+    unscored_hallucination.add([ent(0, 10, "PER")], [_scored(0, 10, "PER", 0.9)], hallucinated=["LOC"])
+    assert unscored_hallucination.report().curve == ()
+    assert score([[ent(0, 10, "PER")]], [[ent(0, 10, "PER")]]).curve == ()

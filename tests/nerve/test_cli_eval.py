@@ -65,12 +65,15 @@ def test_eval_writes_predictions_errors_and_a_page_that_agree_with_the_report(ti
     common = ("eval", "--model", str(tiny_dir), "--data", str(data), "--format", "cluener", "--out", str(out))
     proc = nerve(*common, "--name", "tiny", "--grounded", "--html-examples", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    names = ["tiny.json", "tiny.md", "tiny.png", "tiny.confusion.png", "tiny.predictions.jsonl", "tiny.html"]
+    names = ["tiny.json", "tiny.md", "tiny.png", "tiny.confusion.png", "tiny.threshold.png", "tiny.predictions.jsonl",
+             "tiny.html"]
     assert sorted(p.name for p in out.iterdir()) == sorted(names)  # no partial file left
     printed = "".join(proc.stderr.split())
     assert all(str(out / n) in printed for n in names), proc.stderr
 
     report = json.loads((out / "tiny.json").read_text(encoding="utf-8"))
+    assert len(report["curve"]) == 100 and report["curve"][0]["predicted"] == report["predicted"]  # scored entities
+    assert "best score threshold" in (out / "tiny.md").read_text(encoding="utf-8")
     records = [json.loads(line) for line in (out / "tiny.predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["index"] for r in records] == list(range(len(ROWS))) and report["examples"] == len(ROWS)
     assert [r["text"] for r in records] == [r["text"] for r in ROWS]
@@ -128,7 +131,8 @@ def test_eval_writes_predictions_errors_and_a_page_that_agree_with_the_report(ti
     # free decoding: the mentions the text does not contain are spurious predictions of their labels
     proc = nerve(*common, "--name", "bare", "--no-predictions", "--no-html")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sorted(p.name for p in out.glob("bare*")) == ["bare.confusion.png", "bare.json", "bare.md", "bare.png"]
+    assert sorted(p.name for p in out.glob("bare*")) == ["bare.confusion.png", "bare.json", "bare.md", "bare.png",
+                                                          "bare.threshold.png"]
     report = json.loads((out / "bare.json").read_text(encoding="utf-8"))
     assert report["errors"]["examples"] == len(ROWS) and report["hallucinated"] > 0
     assert report["errors"]["categories"]["spurious"] >= report["hallucinated"]

@@ -268,3 +268,34 @@ def test_ngram_speculation_reaches_vllm_and_keeps_greedy_answers(loop_thread, ti
         finally:
             engine.close()
     assert answers[3] == answers[0]
+
+
+def test_entity_scores_are_masked_probabilities_and_do_not_depend_on_the_batch(loop_thread, tiny_engine) -> None:
+    """Scores come from the distribution after the schema's mask (so a token the schema forces has probability
+    1), and a text's scores are the same alone and in batches of other texts."""
+    card = TaskCard.load(tiny_engine.config.model)
+    ex = Extractor(tiny_engine, card)
+    assert ex.gives_scores
+    texts = CLUENER_LIKE[:6]
+    prepared = ex.prepare(texts[0])
+    out = loop_thread.run(tiny_engine.generate(prepared.request))
+    assert out.finish_reason == "stop"
+    assert out.token_logprobs is not None and len(out.token_logprobs) == out.completion_tokens
+    # once the JSON is complete only the end token is allowed: a random model gives it ~1/vocab unmasked
+    assert out.token_logprobs[-1] == pytest.approx(0.0, abs=1e-4)
+    assert out.token_ends[-1] == len(out.text)
+
+    alone = [loop_thread.run(ex.extract(t)) for t in texts]
+    together = loop_thread.run(ex.extract_many(texts))
+    reordered = loop_thread.run(ex.extract_many([*texts[::-1], *CLUENER_LIKE[6:]]))[: len(texts)][::-1]
+    same = 0
+    for a, b, c in zip(alone, together, reordered, strict=True):
+        assert a.parsed and all(e.score is not None and 0 < e.score <= 1 for e in a.entities + a.hallucinated)
+        for other in (b, c):
+            if other.raw != a.raw:  # the engine's dtype may round a batch differently: another answer
+                continue
+            same += 1
+            got = [m.score for m in other.entities + other.hallucinated]
+            want = [m.score for m in a.entities + a.hallucinated]
+            assert got == pytest.approx(want, rel=0.05, abs=1e-6)
+    assert same >= len(texts)  # most answers are the same, and with them the scores

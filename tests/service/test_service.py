@@ -641,3 +641,73 @@ def test_sdk_asks_for_offsets(start_server) -> None:
         assert (utf16.start, utf16.end) == (5, 18) and (utf8.start, utf8.end) == (9, 22)
         with pytest.raises(ValueError, match="offsets must be one of code_points, utf16, utf8"):
             c.extract(OFFSETS_TEXT, offsets="bytes")
+
+
+def _scored_extractor(r, scored: list[tuple[str, str, float]]) -> None:
+    """Make the server's extractor return fixed, grounded and scored spans (the tiny model is random and mostly
+    answers no entities; scores from the real engine are checked in tests/nerve/test_engine.py)."""
+    from nerve.extraction import ExtractionResult
+    from nerve.ner.types import Entity
+
+    async def extract(text, **kwargs):
+        return ExtractionResult([Entity(start=text.index(t), end=text.index(t) + len(t), label=lab, text=t,
+                                        score=s) for lab, t, s in scored if t in text], '{"raw":1}', True)
+
+    r.server.state.extractor.extract = extract
+
+
+SCORED = [("PER", "Angela Merkel", 0.935), ("LOC", "Paris", 0.415), ("PER", "Ame\u0301lie", 0.705)]
+
+
+def test_entity_scores_and_min_score(start_server) -> None:
+    """Entities carry the model's confidence; min_score leaves out those below it (after decoding: the same
+    answer); a threshold outside [0, 1] is INVALID_ARGUMENT."""
+    from nerve_client import Client
+
+    r = start_server()
+    _scored_extractor(r, SCORED)
+    text = OFFSETS_TEXT
+    full = r.stub.Extract(spb.ExtractRequest(text=text, return_raw=True), timeout=60)
+    assert [(e.text, round(e.score, 4)) for e in full.entities] == [(t, s) for _, t, s in SCORED]
+    assert all(e.HasField("score") for e in full.entities)
+    kept = r.stub.Extract(spb.ExtractRequest(text=text, min_score=0.7, return_raw=True), timeout=60)
+    assert kept.raw == full.raw
+    assert [e.text for e in kept.entities] == ["Angela Merkel", "Ame\u0301lie"]  # 0.7 itself is kept
+    batch = r.stub.ExtractBatch(spb.ExtractBatchRequest(texts=[text, "Paris"], min_score=0.9), timeout=60)
+    assert [[e.text for e in b.entities] for b in batch.results] == [["Angela Merkel"], []]
+    for bad in (-0.1, 1.5, float("nan")):
+        assert code_of(r.stub.Extract, spb.ExtractRequest(text=text, min_score=bad), timeout=10) == \
+            grpc.StatusCode.INVALID_ARGUMENT
+        assert code_of(r.stub.ExtractBatch, spb.ExtractBatchRequest(texts=[text], min_score=bad), timeout=10) == \
+            grpc.StatusCode.INVALID_ARGUMENT
+    with Client(r.target) as c:
+        got = c.extract(text, min_score=0.5)
+        assert [e.score for e in got.entities] == pytest.approx([0.935, 0.705])
+        assert all(e.to_dict()["score"] == e.score for e in got.entities)
+        assert [e.text for e in c.extract_batch([text], min_score=0.95)[0].entities] == []
+        with pytest.raises(ValueError, match="min_score"):
+            c.extract(text, min_score=2)
+
+
+def test_evaluate_reports_a_threshold_curve(start_server) -> None:
+    from nerve_client import Client, Entity, Example
+
+    r = start_server()
+    _scored_extractor(r, SCORED)
+    text = OFFSETS_TEXT
+    s = text.index("Angela Merkel")
+    p = text.index("Paris")
+    gold = [Entity(label="PER", text="Angela Merkel", start=s, end=s + 13),
+            Entity(label="LOC", text="Paris", start=p, end=p + 5)]
+    with Client(r.target) as c:
+        report = c.evaluate([Example(text=text, entities=gold)])
+    curve = report.threshold_curve
+    assert [round(p.threshold, 2) for p in curve] == [i / 100 for i in range(100)]
+    assert curve[0].precision == pytest.approx(report.micro.precision) == pytest.approx(2 / 3)
+    assert curve[0].recall == pytest.approx(report.micro.recall) == 1.0
+    assert all(a.predicted >= b.predicted and a.recall >= b.recall for a, b in zip(curve, curve[1:], strict=False))
+    at = {round(p.threshold, 2): p for p in curve}
+    assert (at[0.41].predicted, at[0.41].recall) == (3, 1.0)
+    assert (at[0.42].predicted, at[0.42].precision, at[0.42].recall) == (2, 0.5, 0.5)  # Paris (0.41) is gone
+    assert (at[0.71].predicted, at[0.71].precision, at[0.71].recall) == (1, 1.0, 0.5)  # the wrong PER is gone
+    assert (at[0.94].predicted, at[0.94].recall) == (0, 0.0)

@@ -316,3 +316,15 @@ def test_a_forward_pass_that_does_not_return_counts_as_stalled(loop_thread) -> N
 
     before, (stuck, not_yet), after = loop_thread.run(scenario())
     assert not before and stuck and not not_yet and not after
+
+
+def test_a_tagger_gives_no_scores_so_min_score_is_refused(tagger_server) -> None:
+    from nerve_client import Client, FailedPreconditionError
+
+    running, examples = tagger_server
+    with Client(running.target) as client:
+        assert all(e.score is None for e in client.extract(examples[0].text).entities)
+        assert client.extract(examples[0].text, min_score=0).entities
+        with pytest.raises(FailedPreconditionError, match="no entity scores"):
+            client.extract(examples[0].text, min_score=0.5)
+        assert client.evaluate(examples).threshold_curve == ()

@@ -37,6 +37,7 @@ from .types import (
     ModelInfo,
     SchemaBounds,
     TaskCard,
+    ThresholdPoint,
     Usage,
 )
 
@@ -46,6 +47,6 @@ __all__ = [
     "AsyncClient", "CancelledError", "Client", "DeadlineExceededError", "Entity", "EvalProgress", "EvalReport",
     "Example", "ExampleError", "ExtractResult", "FailedPreconditionError", "InternalError", "InvalidArgumentError",
     "Label", "LabelScore", "LatencySummary", "Limits", "ModelInfo", "NerveError", "NotFoundError",
-    "PermissionDeniedError", "ResourceExhaustedError", "SchemaBounds", "TaskCard", "UnauthenticatedError",
+    "PermissionDeniedError", "ResourceExhaustedError", "SchemaBounds", "TaskCard", "ThresholdPoint", "UnauthenticatedError",
     "UnavailableError", "UnimplementedError", "Usage", "__version__",
 ]

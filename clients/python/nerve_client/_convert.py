@@ -20,6 +20,7 @@ from .types import (
     ModelInfo,
     SchemaBounds,
     TaskCard,
+    ThresholdPoint,
     Usage,
 )
 
@@ -72,19 +73,30 @@ def offset_unit(offsets: str) -> int:
         raise ValueError(f"offsets must be one of {', '.join(OFFSET_UNITS)}, not {offsets!r}") from None
 
 
+def _min_score(min_score: float | None) -> float:
+    if min_score is None:
+        return 0.0
+    value = float(min_score)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"min_score must be in [0, 1] (or None for all entities), got {min_score}")
+    return value
+
+
 def extract_request(
-    text: str, labels: Labels, max_entities: int | None, return_raw: bool, offsets: str = "code_points"
+    text: str, labels: Labels, max_entities: int | None, return_raw: bool, offsets: str = "code_points",
+    min_score: float | None = None,
 ) -> pb.ExtractRequest:
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     return pb.ExtractRequest(
         text=text, labels=_labels(labels), max_entities=_max_entities(max_entities), return_raw=bool(return_raw),
-        label_descriptions=_descriptions(labels), offset_unit=offset_unit(offsets),
+        label_descriptions=_descriptions(labels), offset_unit=offset_unit(offsets), min_score=_min_score(min_score),
     )
 
 
 def extract_batch_request(
-    texts: Iterable[str], labels: Labels, max_entities: int | None, return_raw: bool, offsets: str = "code_points"
+    texts: Iterable[str], labels: Labels, max_entities: int | None, return_raw: bool, offsets: str = "code_points",
+    min_score: float | None = None,
 ) -> pb.ExtractBatchRequest:
     if isinstance(texts, str):
         raise TypeError("texts must be a sequence of str, not a str (use extract() for one text)")
@@ -94,7 +106,7 @@ def extract_batch_request(
         raise TypeError(f"texts[{bad[0]}] is a {type(texts[bad[0]]).__name__}, not a str")
     return pb.ExtractBatchRequest(
         texts=texts, labels=_labels(labels), max_entities=_max_entities(max_entities), return_raw=bool(return_raw),
-        label_descriptions=_descriptions(labels), offset_unit=offset_unit(offsets),
+        label_descriptions=_descriptions(labels), offset_unit=offset_unit(offsets), min_score=_min_score(min_score),
     )
 
 
@@ -208,7 +220,8 @@ async def evaluate_requests_async(
 
 
 def entity_from_proto(m: tpb.Entity) -> Entity:
-    return Entity(label=m.label, text=m.text, start=m.start, end=m.end)
+    return Entity(label=m.label, text=m.text, start=m.start, end=m.end,
+                  score=m.score if m.HasField("score") else None)
 
 
 def _entities(ms: Sequence[tpb.Entity]) -> tuple[Entity, ...]:
@@ -276,6 +289,8 @@ def report_from_proto(m: tpb.ScoreReport, request_id: str | None) -> EvalReport:
         request_id=request_id,
         ignored_gold=m.ignored_gold,
         errors_omitted=m.errors_omitted,
+        threshold_curve=tuple(ThresholdPoint(threshold=p.threshold, precision=p.precision, recall=p.recall, f1=p.f1,
+                                             predicted=p.predicted) for p in m.threshold_curve),
     )
 
 

@@ -258,6 +258,7 @@ class Client:
         return_raw: bool = False,
         *,
         offsets: str = "code_points",
+        min_score: float | None = None,
         timeout: float | None = None,
         request_id: str | None = None,
     ) -> ExtractResult:
@@ -271,10 +272,12 @@ class Client:
             return_raw: Also return the model's raw JSON answer in ``result.raw``.
             offsets: Unit of the entity offsets: ``code_points`` (Python ``str`` indices, the default), ``utf16``
                 (JavaScript, Java, C# string indices) or ``utf8`` (byte offsets).
+            min_score: Leave out entities whose ``score`` is below this, in [0, 1] (``None``: all of them). The
+                server refuses it (FailedPreconditionError) for a model that gives no scores.
             timeout: Deadline in seconds for this call, retries included (default: the client's).
             request_id: Sent as ``x-request-id`` (default: a random id).
         """
-        request = cv.extract_request(text, labels, max_entities, return_raw, offsets)
+        request = cv.extract_request(text, labels, max_entities, return_raw, offsets, min_score)
         response, rid = self._unary(self._stub.Extract, request, timeout, request_id)
         return cv.extract_result_from_proto(response, return_raw, rid)
 
@@ -286,6 +289,7 @@ class Client:
         return_raw: bool = False,
         *,
         offsets: str = "code_points",
+        min_score: float | None = None,
         timeout: float | None = None,
         request_id: str | None = None,
     ) -> list[ExtractResult]:
@@ -294,7 +298,7 @@ class Client:
         The server bounds a batch (``model_info().limits``: ``max_batch_texts`` texts and ``max_batch_bytes``
         UTF-8 bytes in all) and rejects a larger one with INVALID_ARGUMENT; split big jobs into batches.
         """
-        request = cv.extract_batch_request(texts, labels, max_entities, return_raw, offsets)
+        request = cv.extract_batch_request(texts, labels, max_entities, return_raw, offsets, min_score)
         response, rid = self._unary(self._stub.ExtractBatch, request, timeout, request_id)
         return [cv.extract_result_from_proto(r, return_raw, rid) for r in response.results]
 
@@ -512,11 +516,12 @@ class AsyncClient:
         return_raw: bool = False,
         *,
         offsets: str = "code_points",
+        min_score: float | None = None,
         timeout: float | None = None,
         request_id: str | None = None,
     ) -> ExtractResult:
         """See :meth:`Client.extract`."""
-        request = cv.extract_request(text, labels, max_entities, return_raw, offsets)
+        request = cv.extract_request(text, labels, max_entities, return_raw, offsets, min_score)
         response, rid = await self._unary("Extract", request, timeout, request_id)
         return cv.extract_result_from_proto(response, return_raw, rid)
 
@@ -528,11 +533,12 @@ class AsyncClient:
         return_raw: bool = False,
         *,
         offsets: str = "code_points",
+        min_score: float | None = None,
         timeout: float | None = None,
         request_id: str | None = None,
     ) -> list[ExtractResult]:
         """See :meth:`Client.extract_batch`."""
-        request = cv.extract_batch_request(texts, labels, max_entities, return_raw, offsets)
+        request = cv.extract_batch_request(texts, labels, max_entities, return_raw, offsets, min_score)
         response, rid = await self._unary("ExtractBatch", request, timeout, request_id)
         return [cv.extract_result_from_proto(r, return_raw, rid) for r in response.results]
 

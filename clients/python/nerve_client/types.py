@@ -12,7 +12,7 @@ from typing import Any
 
 __all__ = [
     "Entity", "EvalProgress", "EvalReport", "Example", "ExampleError", "ExtractResult", "Label", "LabelScore",
-    "LatencySummary", "Limits", "ModelInfo", "SchemaBounds", "TaskCard", "Usage",
+    "LatencySummary", "Limits", "ModelInfo", "SchemaBounds", "TaskCard", "ThresholdPoint", "Usage",
 ]
 
 
@@ -24,13 +24,19 @@ class Entity:
     text: str
     start: int
     end: int
+    score: float | None = field(default=None, compare=False)
+    """The model's confidence in the entity, in (0, 1] (``None`` where the model gives none); not part of the
+    entity's identity: entities that differ only in score are equal."""
 
     @property
     def span(self) -> tuple[int, int]:
         return (self.start, self.end)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "text": self.text, "start": self.start, "end": self.end}
+        out: dict[str, Any] = {"label": self.label, "text": self.text, "start": self.start, "end": self.end}
+        if self.score is not None:
+            out["score"] = self.score
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +142,17 @@ class EvalProgress:
         return self.done / self.total if self.total else None
 
 
+@dataclass(frozen=True, slots=True)
+class ThresholdPoint:
+    """Micro precision and recall counting only predictions scored at least ``threshold``."""
+
+    threshold: float
+    precision: float
+    recall: float
+    f1: float
+    predicted: int
+
+
 @dataclass(frozen=True)
 class EvalReport:
     """Scores of an evaluation run (strict span matching on ``(start, end, label)``)."""
@@ -165,6 +182,8 @@ class EvalReport:
     """Gold entities left out of scoring: their card label is outside the ``labels`` the run asked for."""
     errors_omitted: int = 0
     """Examples with mistakes that ``errors`` leaves out (the server bounds the list in number and size)."""
+    threshold_curve: tuple[ThresholdPoint, ...] = ()
+    """Precision/recall over the entity-score threshold (0.00 to 0.99); empty when the model gives no scores."""
 
     @property
     def f1(self) -> float:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import types_pb2 as nerve_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16nerve/v1/service.proto\x12\x08nerve.v1\x1a\x14nerve/v1/types.proto\"\x8a\x02\n\x0e\x45xtractRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x14\n\x0cmax_entities\x18\x03 \x01(\x05\x12\x12\n\nreturn_raw\x18\x04 \x01(\x08\x12K\n\x12label_descriptions\x18\x05 \x03(\x0b\x32/.nerve.v1.ExtractRequest.LabelDescriptionsEntry\x12)\n\x0boffset_unit\x18\x06 \x01(\x0e\x32\x14.nerve.v1.OffsetUnit\x1a\x38\n\x16LabelDescriptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"x\n\x0f\x45xtractResponse\x12\"\n\x08\x65ntities\x18\x01 \x03(\x0b\x32\x10.nerve.v1.Entity\x12\x1e\n\x05usage\x18\x02 \x01(\x0b\x32\x0f.nerve.v1.Usage\x12\x0b\n\x03raw\x18\x03 \x01(\t\x12\x14\n\x0challucinated\x18\x04 \x01(\x05\"\x95\x02\n\x13\x45xtractBatchRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x14\n\x0cmax_entities\x18\x03 \x01(\x05\x12\x12\n\nreturn_raw\x18\x04 \x01(\x08\x12P\n\x12label_descriptions\x18\x05 \x03(\x0b\x32\x34.nerve.v1.ExtractBatchRequest.LabelDescriptionsEntry\x12)\n\x0boffset_unit\x18\x06 \x01(\x0e\x32\x14.nerve.v1.OffsetUnit\x1a\x38\n\x16LabelDescriptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x14\x45xtractBatchResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.nerve.v1.ExtractResult\"k\n\x0f\x45valuateRequest\x12*\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x18.nerve.v1.EvaluateConfigH\x00\x12$\n\x07\x65xample\x18\x02 \x01(\x0b\x32\x11.nerve.v1.ExampleH\x00\x42\x06\n\x04kind\"\xc6\x01\n\x0e\x45valuateConfig\x12\x31\n\x0finline_examples\x18\x01 \x01(\x0b\x32\x16.nerve.v1.InlineSourceH\x00\x12*\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x17.nerve.v1.DatasetSourceH\x00\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x16\n\x0einclude_errors\x18\x04 \x01(\x08\x12\x0e\n\x06labels\x18\x05 \x03(\t\x12\x14\n\x0cmax_entities\x18\x06 \x01(\x05\x42\x08\n\x06source\")\n\x0cInlineSource\x12\x19\n\x11\x65xpected_examples\x18\x01 \x01(\x05\"V\n\rDatasetSource\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\'\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x17.nerve.v1.DatasetFormat\x12\x0e\n\x06scheme\x18\x03 \x01(\t\"s\n\x10\x45valuateResponse\x12.\n\x08progress\x18\x01 \x01(\x0b\x32\x1a.nerve.v1.EvaluateProgressH\x00\x12\'\n\x06report\x18\x02 \x01(\x0b\x32\x15.nerve.v1.ScoreReportH\x00\x42\x06\n\x04kind\"W\n\x10\x45valuateProgress\x12\x0c\n\x04\x64one\x18\x01 \x01(\x05\x12\x12\n\x05total\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x17\n\x0f\x65lapsed_seconds\x18\x03 \x01(\x01\x42\x08\n\x06_total\"\x15\n\x13GetModelInfoRequest\"?\n\x14GetModelInfoResponse\x12\'\n\nmodel_info\x18\x01 \x01(\x0b\x32\x13.nerve.v1.ModelInfo*\x98\x01\n\rDatasetFormat\x12\x1e\n\x1a\x44\x41TASET_FORMAT_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44\x41TASET_FORMAT_JSONL\x10\x01\x12\x1a\n\x16\x44\x41TASET_FORMAT_CLUENER\x10\x02\x12\x18\n\x14\x44\x41TASET_FORMAT_CONLL\x10\x03\x12\x17\n\x13\x44\x41TASET_FORMAT_BMES\x10\x04\x32\xb3\x02\n\x0cNerveService\x12>\n\x07\x45xtract\x12\x18.nerve.v1.ExtractRequest\x1a\x19.nerve.v1.ExtractResponse\x12M\n\x0c\x45xtractBatch\x12\x1d.nerve.v1.ExtractBatchRequest\x1a\x1e.nerve.v1.ExtractBatchResponse\x12\x45\n\x08\x45valuate\x12\x19.nerve.v1.EvaluateRequest\x1a\x1a.nerve.v1.EvaluateResponse(\x01\x30\x01\x12M\n\x0cGetModelInfo\x12\x1d.nerve.v1.GetModelInfoRequest\x1a\x1e.nerve.v1.GetModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16nerve/v1/service.proto\x12\x08nerve.v1\x1a\x14nerve/v1/types.proto\"\x9d\x02\n\x0e\x45xtractRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x14\n\x0cmax_entities\x18\x03 \x01(\x05\x12\x12\n\nreturn_raw\x18\x04 \x01(\x08\x12K\n\x12label_descriptions\x18\x05 \x03(\x0b\x32/.nerve.v1.ExtractRequest.LabelDescriptionsEntry\x12)\n\x0boffset_unit\x18\x06 \x01(\x0e\x32\x14.nerve.v1.OffsetUnit\x12\x11\n\tmin_score\x18\x07 \x01(\x02\x1a\x38\n\x16LabelDescriptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"x\n\x0f\x45xtractResponse\x12\"\n\x08\x65ntities\x18\x01 \x03(\x0b\x32\x10.nerve.v1.Entity\x12\x1e\n\x05usage\x18\x02 \x01(\x0b\x32\x0f.nerve.v1.Usage\x12\x0b\n\x03raw\x18\x03 \x01(\t\x12\x14\n\x0challucinated\x18\x04 \x01(\x05\"\xa8\x02\n\x13\x45xtractBatchRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x14\n\x0cmax_entities\x18\x03 \x01(\x05\x12\x12\n\nreturn_raw\x18\x04 \x01(\x08\x12P\n\x12label_descriptions\x18\x05 \x03(\x0b\x32\x34.nerve.v1.ExtractBatchRequest.LabelDescriptionsEntry\x12)\n\x0boffset_unit\x18\x06 \x01(\x0e\x32\x14.nerve.v1.OffsetUnit\x12\x11\n\tmin_score\x18\x07 \x01(\x02\x1a\x38\n\x16LabelDescriptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x14\x45xtractBatchResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.nerve.v1.ExtractResult\"k\n\x0f\x45valuateRequest\x12*\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x18.nerve.v1.EvaluateConfigH\x00\x12$\n\x07\x65xample\x18\x02 \x01(\x0b\x32\x11.nerve.v1.ExampleH\x00\x42\x06\n\x04kind\"\xc6\x01\n\x0e\x45valuateConfig\x12\x31\n\x0finline_examples\x18\x01 \x01(\x0b\x32\x16.nerve.v1.InlineSourceH\x00\x12*\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x17.nerve.v1.DatasetSourceH\x00\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x16\n\x0einclude_errors\x18\x04 \x01(\x08\x12\x0e\n\x06labels\x18\x05 \x03(\t\x12\x14\n\x0cmax_entities\x18\x06 \x01(\x05\x42\x08\n\x06source\")\n\x0cInlineSource\x12\x19\n\x11\x65xpected_examples\x18\x01 \x01(\x05\"V\n\rDatasetSource\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\'\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x17.nerve.v1.DatasetFormat\x12\x0e\n\x06scheme\x18\x03 \x01(\t\"s\n\x10\x45valuateResponse\x12.\n\x08progress\x18\x01 \x01(\x0b\x32\x1a.nerve.v1.EvaluateProgressH\x00\x12\'\n\x06report\x18\x02 \x01(\x0b\x32\x15.nerve.v1.ScoreReportH\x00\x42\x06\n\x04kind\"W\n\x10\x45valuateProgress\x12\x0c\n\x04\x64one\x18\x01 \x01(\x05\x12\x12\n\x05total\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x17\n\x0f\x65lapsed_seconds\x18\x03 \x01(\x01\x42\x08\n\x06_total\"\x15\n\x13GetModelInfoRequest\"?\n\x14GetModelInfoResponse\x12\'\n\nmodel_info\x18\x01 \x01(\x0b\x32\x13.nerve.v1.ModelInfo*\x98\x01\n\rDatasetFormat\x12\x1e\n\x1a\x44\x41TASET_FORMAT_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44\x41TASET_FORMAT_JSONL\x10\x01\x12\x1a\n\x16\x44\x41TASET_FORMAT_CLUENER\x10\x02\x12\x18\n\x14\x44\x41TASET_FORMAT_CONLL\x10\x03\x12\x17\n\x13\x44\x41TASET_FORMAT_BMES\x10\x04\x32\xb3\x02\n\x0cNerveService\x12>\n\x07\x45xtract\x12\x18.nerve.v1.ExtractRequest\x1a\x19.nerve.v1.ExtractResponse\x12M\n\x0c\x45xtractBatch\x12\x1d.nerve.v1.ExtractBatchRequest\x1a\x1e.nerve.v1.ExtractBatchResponse\x12\x45\n\x08\x45valuate\x12\x19.nerve.v1.EvaluateRequest\x1a\x1a.nerve.v1.EvaluateResponse(\x01\x30\x01\x12M\n\x0cGetModelInfo\x12\x1d.nerve.v1.GetModelInfoRequest\x1a\x1e.nerve.v1.GetModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,36 +36,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXTRACTREQUEST_LABELDESCRIPTIONSENTRY']._serialized_options = b'8\001'
   _globals['_EXTRACTBATCHREQUEST_LABELDESCRIPTIONSENTRY']._loaded_options = None
   _globals['_EXTRACTBATCHREQUEST_LABELDESCRIPTIONSENTRY']._serialized_options = b'8\001'
-  _globals['_DATASETFORMAT']._serialized_start=1531
-  _globals['_DATASETFORMAT']._serialized_end=1683
+  _globals['_DATASETFORMAT']._serialized_start=1569
+  _globals['_DATASETFORMAT']._serialized_end=1721
   _globals['_EXTRACTREQUEST']._serialized_start=59
-  _globals['_EXTRACTREQUEST']._serialized_end=325
-  _globals['_EXTRACTREQUEST_LABELDESCRIPTIONSENTRY']._serialized_start=269
-  _globals['_EXTRACTREQUEST_LABELDESCRIPTIONSENTRY']._serialized_end=325
-  _globals['_EXTRACTRESPONSE']._serialized_start=327
-  _globals['_EXTRACTRESPONSE']._serialized_end=447
-  _globals['_EXTRACTBATCHREQUEST']._serialized_start=450
-  _globals['_EXTRACTBATCHREQUEST']._serialized_end=727
-  _globals['_EXTRACTBATCHREQUEST_LABELDESCRIPTIONSENTRY']._serialized_start=269
-  _globals['_EXTRACTBATCHREQUEST_LABELDESCRIPTIONSENTRY']._serialized_end=325
-  _globals['_EXTRACTBATCHRESPONSE']._serialized_start=729
-  _globals['_EXTRACTBATCHRESPONSE']._serialized_end=793
-  _globals['_EVALUATEREQUEST']._serialized_start=795
-  _globals['_EVALUATEREQUEST']._serialized_end=902
-  _globals['_EVALUATECONFIG']._serialized_start=905
-  _globals['_EVALUATECONFIG']._serialized_end=1103
-  _globals['_INLINESOURCE']._serialized_start=1105
-  _globals['_INLINESOURCE']._serialized_end=1146
-  _globals['_DATASETSOURCE']._serialized_start=1148
-  _globals['_DATASETSOURCE']._serialized_end=1234
-  _globals['_EVALUATERESPONSE']._serialized_start=1236
-  _globals['_EVALUATERESPONSE']._serialized_end=1351
-  _globals['_EVALUATEPROGRESS']._serialized_start=1353
-  _globals['_EVALUATEPROGRESS']._serialized_end=1440
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1442
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1463
-  _globals['_GETMODELINFORESPONSE']._serialized_start=1465
-  _globals['_GETMODELINFORESPONSE']._serialized_end=1528
-  _globals['_NERVESERVICE']._serialized_start=1686
-  _globals['_NERVESERVICE']._serialized_end=1993
+  _globals['_EXTRACTREQUEST']._serialized_end=344
+  _globals['_EXTRACTREQUEST_LABELDESCRIPTIONSENTRY']._serialized_start=288
+  _globals['_EXTRACTREQUEST_LABELDESCRIPTIONSENTRY']._serialized_end=344
+  _globals['_EXTRACTRESPONSE']._serialized_start=346
+  _globals['_EXTRACTRESPONSE']._serialized_end=466
+  _globals['_EXTRACTBATCHREQUEST']._serialized_start=469
+  _globals['_EXTRACTBATCHREQUEST']._serialized_end=765
+  _globals['_EXTRACTBATCHREQUEST_LABELDESCRIPTIONSENTRY']._serialized_start=288
+  _globals['_EXTRACTBATCHREQUEST_LABELDESCRIPTIONSENTRY']._serialized_end=344
+  _globals['_EXTRACTBATCHRESPONSE']._serialized_start=767
+  _globals['_EXTRACTBATCHRESPONSE']._serialized_end=831
+  _globals['_EVALUATEREQUEST']._serialized_start=833
+  _globals['_EVALUATEREQUEST']._serialized_end=940
+  _globals['_EVALUATECONFIG']._serialized_start=943
+  _globals['_EVALUATECONFIG']._serialized_end=1141
+  _globals['_INLINESOURCE']._serialized_start=1143
+  _globals['_INLINESOURCE']._serialized_end=1184
+  _globals['_DATASETSOURCE']._serialized_start=1186
+  _globals['_DATASETSOURCE']._serialized_end=1272
+  _globals['_EVALUATERESPONSE']._serialized_start=1274
+  _globals['_EVALUATERESPONSE']._serialized_end=1389
+  _globals['_EVALUATEPROGRESS']._serialized_start=1391
+  _globals['_EVALUATEPROGRESS']._serialized_end=1478
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1480
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1501
+  _globals['_GETMODELINFORESPONSE']._serialized_start=1503
+  _globals['_GETMODELINFORESPONSE']._serialized_end=1566
+  _globals['_NERVESERVICE']._serialized_start=1724
+  _globals['_NERVESERVICE']._serialized_end=2031
 # @@protoc_insertion_point(module_scope)

@@ -21,7 +21,7 @@ DATASET_FORMAT_CONLL: DatasetFormat
 DATASET_FORMAT_BMES: DatasetFormat
 
 class ExtractRequest(_message.Message):
-    __slots__ = ("text", "labels", "max_entities", "return_raw", "label_descriptions", "offset_unit")
+    __slots__ = ("text", "labels", "max_entities", "return_raw", "label_descriptions", "offset_unit", "min_score")
     class LabelDescriptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -35,13 +35,15 @@ class ExtractRequest(_message.Message):
     RETURN_RAW_FIELD_NUMBER: _ClassVar[int]
     LABEL_DESCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
     OFFSET_UNIT_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     text: str
     labels: _containers.RepeatedScalarFieldContainer[str]
     max_entities: int
     return_raw: bool
     label_descriptions: _containers.ScalarMap[str, str]
     offset_unit: _types_pb2.OffsetUnit
-    def __init__(self, text: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., max_entities: _Optional[int] = ..., return_raw: bool = ..., label_descriptions: _Optional[_Mapping[str, str]] = ..., offset_unit: _Optional[_Union[_types_pb2.OffsetUnit, str]] = ...) -> None: ...
+    min_score: float
+    def __init__(self, text: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., max_entities: _Optional[int] = ..., return_raw: bool = ..., label_descriptions: _Optional[_Mapping[str, str]] = ..., offset_unit: _Optional[_Union[_types_pb2.OffsetUnit, str]] = ..., min_score: _Optional[float] = ...) -> None: ...
 
 class ExtractResponse(_message.Message):
     __slots__ = ("entities", "usage", "raw", "hallucinated")
@@ -56,7 +58,7 @@ class ExtractResponse(_message.Message):
     def __init__(self, entities: _Optional[_Iterable[_Union[_types_pb2.Entity, _Mapping]]] = ..., usage: _Optional[_Union[_types_pb2.Usage, _Mapping]] = ..., raw: _Optional[str] = ..., hallucinated: _Optional[int] = ...) -> None: ...
 
 class ExtractBatchRequest(_message.Message):
-    __slots__ = ("texts", "labels", "max_entities", "return_raw", "label_descriptions", "offset_unit")
+    __slots__ = ("texts", "labels", "max_entities", "return_raw", "label_descriptions", "offset_unit", "min_score")
     class LabelDescriptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -70,13 +72,15 @@ class ExtractBatchRequest(_message.Message):
     RETURN_RAW_FIELD_NUMBER: _ClassVar[int]
     LABEL_DESCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
     OFFSET_UNIT_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
     labels: _containers.RepeatedScalarFieldContainer[str]
     max_entities: int
     return_raw: bool
     label_descriptions: _containers.ScalarMap[str, str]
     offset_unit: _types_pb2.OffsetUnit
-    def __init__(self, texts: _Optional[_Iterable[str]] = ..., labels: _Optional[_Iterable[str]] = ..., max_entities: _Optional[int] = ..., return_raw: bool = ..., label_descriptions: _Optional[_Mapping[str, str]] = ..., offset_unit: _Optional[_Union[_types_pb2.OffsetUnit, str]] = ...) -> None: ...
+    min_score: float
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., labels: _Optional[_Iterable[str]] = ..., max_entities: _Optional[int] = ..., return_raw: bool = ..., label_descriptions: _Optional[_Mapping[str, str]] = ..., offset_unit: _Optional[_Union[_types_pb2.OffsetUnit, str]] = ..., min_score: _Optional[float] = ...) -> None: ...
 
 class ExtractBatchResponse(_message.Message):
     __slots__ = ("results",)

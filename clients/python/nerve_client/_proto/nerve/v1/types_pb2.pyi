@@ -18,16 +18,18 @@ OFFSET_UNIT_UTF16: OffsetUnit
 OFFSET_UNIT_UTF8: OffsetUnit
 
 class Entity(_message.Message):
-    __slots__ = ("label", "text", "start", "end")
+    __slots__ = ("label", "text", "start", "end", "score")
     LABEL_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
     label: str
     text: str
     start: int
     end: int
-    def __init__(self, label: _Optional[str] = ..., text: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
+    score: float
+    def __init__(self, label: _Optional[str] = ..., text: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens", "queue_seconds", "engine_seconds", "total_seconds", "cached_prompt_tokens")
@@ -190,7 +192,7 @@ class ExampleError(_message.Message):
     def __init__(self, index: _Optional[int] = ..., id: _Optional[str] = ..., missing: _Optional[_Iterable[_Union[Entity, _Mapping]]] = ..., spurious: _Optional[_Iterable[_Union[Entity, _Mapping]]] = ..., hallucinated: _Optional[int] = ..., parsed: bool = ...) -> None: ...
 
 class ScoreReport(_message.Message):
-    __slots__ = ("labels", "micro", "macro", "exact_match", "parse_rate", "hallucination_rate", "examples", "latency", "errors", "gold", "predicted", "hallucinated", "unknown_labels", "elapsed_seconds", "prompt_tokens", "completion_tokens", "ignored_gold", "errors_omitted")
+    __slots__ = ("labels", "micro", "macro", "exact_match", "parse_rate", "hallucination_rate", "examples", "latency", "errors", "gold", "predicted", "hallucinated", "unknown_labels", "elapsed_seconds", "prompt_tokens", "completion_tokens", "ignored_gold", "errors_omitted", "threshold_curve")
     LABELS_FIELD_NUMBER: _ClassVar[int]
     MICRO_FIELD_NUMBER: _ClassVar[int]
     MACRO_FIELD_NUMBER: _ClassVar[int]
@@ -209,6 +211,7 @@ class ScoreReport(_message.Message):
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     IGNORED_GOLD_FIELD_NUMBER: _ClassVar[int]
     ERRORS_OMITTED_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_CURVE_FIELD_NUMBER: _ClassVar[int]
     labels: _containers.RepeatedCompositeFieldContainer[LabelScore]
     micro: LabelScore
     macro: LabelScore
@@ -227,4 +230,19 @@ class ScoreReport(_message.Message):
     completion_tokens: int
     ignored_gold: int
     errors_omitted: int
-    def __init__(self, labels: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., micro: _Optional[_Union[LabelScore, _Mapping]] = ..., macro: _Optional[_Union[LabelScore, _Mapping]] = ..., exact_match: _Optional[float] = ..., parse_rate: _Optional[float] = ..., hallucination_rate: _Optional[float] = ..., examples: _Optional[int] = ..., latency: _Optional[_Union[LatencySummary, _Mapping]] = ..., errors: _Optional[_Iterable[_Union[ExampleError, _Mapping]]] = ..., gold: _Optional[int] = ..., predicted: _Optional[int] = ..., hallucinated: _Optional[int] = ..., unknown_labels: _Optional[_Iterable[str]] = ..., elapsed_seconds: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., ignored_gold: _Optional[int] = ..., errors_omitted: _Optional[int] = ...) -> None: ...
+    threshold_curve: _containers.RepeatedCompositeFieldContainer[ThresholdPoint]
+    def __init__(self, labels: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., micro: _Optional[_Union[LabelScore, _Mapping]] = ..., macro: _Optional[_Union[LabelScore, _Mapping]] = ..., exact_match: _Optional[float] = ..., parse_rate: _Optional[float] = ..., hallucination_rate: _Optional[float] = ..., examples: _Optional[int] = ..., latency: _Optional[_Union[LatencySummary, _Mapping]] = ..., errors: _Optional[_Iterable[_Union[ExampleError, _Mapping]]] = ..., gold: _Optional[int] = ..., predicted: _Optional[int] = ..., hallucinated: _Optional[int] = ..., unknown_labels: _Optional[_Iterable[str]] = ..., elapsed_seconds: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., ignored_gold: _Optional[int] = ..., errors_omitted: _Optional[int] = ..., threshold_curve: _Optional[_Iterable[_Union[ThresholdPoint, _Mapping]]] = ...) -> None: ...
+
+class ThresholdPoint(_message.Message):
+    __slots__ = ("threshold", "precision", "recall", "f1", "predicted")
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    RECALL_FIELD_NUMBER: _ClassVar[int]
+    F1_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_FIELD_NUMBER: _ClassVar[int]
+    threshold: float
+    precision: float
+    recall: float
+    f1: float
+    predicted: int
+    def __init__(self, threshold: _Optional[float] = ..., precision: _Optional[float] = ..., recall: _Optional[float] = ..., f1: _Optional[float] = ..., predicted: _Optional[int] = ...) -> None: ...
